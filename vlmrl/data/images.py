@@ -9,6 +9,7 @@
   ``{"bytes": ..., "path": ...}``, raw bytes, a base64 string (or ``data:image/...;base64,`` URI), or
   a path relative to the dataset root. Paths that leave the root (``..``, absolute, a symlink that
   resolves outside) are refused.
+- :func:`check_aspect_ratio` refuses an image whose sides differ by more than 200x (no Qwen-VL takes it).
 - :func:`fit_to_budget` resizes (BICUBIC) to the ``smart_resize`` size for a family or factor.
 """
 
@@ -21,6 +22,7 @@ import os
 import re
 import struct
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .sample import Where
-from .vision import image_factor, smart_resize
+from .vision import MAX_ASPECT_RATIO, image_factor, smart_resize
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
-"""Default decompression-bomb cap (pixels). PIL's own check also refuses images over
-``2 * PIL.Image.MAX_IMAGE_PIXELS``; raise that too to go above ~179 MP."""
+"""Default decompression-bomb cap (pixels); recipes set it with ``data.max_image_pixels``. While a
+cap is given it replaces PIL's own ``PIL.Image.MAX_IMAGE_PIXELS`` check (so a cap above PIL's ~179 MP
+works); with ``max_pixels=None`` PIL's own check is the only one."""
 
 IMAGE_TOKENS_MIN = 4
 IMAGE_TOKENS_MAX = 16384
@@ -48,7 +51,10 @@ _MAGIC = (
     b"MM\x00*",  # TIFF big-endian
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
 )
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
+                 Image.DecompressionBombError)
+"""What PIL raises on a bad image file (its plugins raise TypeError / KeyError on some corrupt TIFFs);
+callers that decode with PIL directly catch these."""
 _B64_RE = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 
 
@@ -123,9 +129,14 @@ def decode_image(src: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         return to_rgb(src)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
-        if not path.is_file():
-            raise w.not_found(f"image file not found: {path}")
-        data = path.read_bytes()
+        try:
+            if not path.is_file():
+                raise w.not_found(f"image file not found: {path}")
+            data = path.read_bytes()
+        except (OSError, ValueError) as e:  # unreadable, a name too long, a NUL byte
+            if isinstance(e, FileNotFoundError) and not e.errno:
+                raise  # ours, from w.not_found
+            raise w.error(f"cannot read image file {str(path)[:200]!r}: {getattr(e, 'strerror', None) or e}") from None
         name = str(path)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
@@ -134,29 +145,55 @@ def decode_image(src: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         raise w.error(f"cannot decode an image from a {type(src).__name__}")
     if not data:
         raise w.error(f"{name} is empty (0 bytes)")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pil_cap(max_pixels):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            raise w.error(f"decompression-bomb guard: {e} (raise PIL.Image.MAX_IMAGE_PIXELS to allow it)") from None
+            raise w.error(f"decompression-bomb guard (PIL's): {e}; set a cap of your own with "
+                          "max_pixels (data.max_image_pixels in a recipe)") from None
         except Image.UnidentifiedImageError:
             raise w.error(
                 f"{name} is not a decodable image ({len(data)} bytes, starts with {data[:16]!r})"
             ) from None
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             raise w.error(f"{name} could not be decoded ({len(data)} bytes): {e}") from None
         _check_pixels(im.size, max_pixels, w)
         try:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             raise w.error(f"{name} could not be decoded (corrupt or truncated, {len(data)} bytes): {e}") from None
     try:
         return to_rgb(im)
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise w.error(f"{name} (mode {im.mode}) could not be converted to RGB: {e}") from None
+
+
+@contextmanager
+def _pil_cap(max_pixels: int | None):
+    """While decoding with our own cap (checked on the header size, before any pixel is decoded), turn
+    PIL's fixed-size guard off so that the cap alone decides; ``None`` leaves PIL's guard on."""
+    if max_pixels is None:
+        yield
+        return
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_aspect_ratio(size: tuple[int, int], where: Any = None) -> None:
+    """Refuse an image no Qwen-VL model can take: a long/short side ratio above ``MAX_ASPECT_RATIO``
+    (200, smart_resize's limit), with a DataError naming where the image came from."""
+    w = where if isinstance(where, Where) else Where(file=where)
+    width, height = size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise w.error(f"image is {width}x{height}: its aspect ratio {max(width, height) / min(width, height):.0f} "
+                      f"is above {MAX_ASPECT_RATIO}, which Qwen-VL models cannot take")
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int | None, w: Where) -> None:
@@ -227,20 +264,27 @@ def resolve_path(rel: str | os.PathLike, root: str | os.PathLike, where: Any = N
         s = s[len("file://"):]
     if not s:
         raise w.error("image path is empty")
+    if "\x00" in s:
+        raise w.error(f"image path {s[:80]!r} contains a NUL byte")
     if os.path.isabs(s) or re.match(r"^[a-zA-Z]:[\\/]", s) or s.startswith("\\"):
         raise w.error(f"image path {s!r} is absolute; paths must be relative to the dataset root {root}")
     root_abs = Path(os.path.abspath(root))
     lexical = Path(os.path.normpath(root_abs / s))
     if lexical != root_abs and root_abs not in lexical.parents:
         raise w.error(f"image path {s!r} escapes the dataset root {root_abs}")
-    root_real = Path(os.path.realpath(root_abs))
-    real = Path(os.path.realpath(lexical))
-    if real != root_real and root_real not in real.parents:
-        raise w.error(f"image path {s!r} resolves to {real}, outside the dataset root {root_real} (symlink)")
-    if must_exist and not real.is_file():
-        if lexical.is_symlink() or (lexical.exists() and not real.is_file()):
-            raise w.error(f"image path {s!r} is not a regular file")
-        raise w.not_found(f"image file not found: {lexical}")
+    try:
+        root_real = Path(os.path.realpath(root_abs))
+        real = Path(os.path.realpath(lexical))
+        if real != root_real and root_real not in real.parents:
+            raise w.error(f"image path {s!r} resolves to {real}, outside the dataset root {root_real} (symlink)")
+        if must_exist and not real.is_file():
+            if lexical.is_symlink() or (lexical.exists() and not real.is_file()):
+                raise w.error(f"image path {s!r} is not a regular file")
+            raise w.not_found(f"image file not found: {lexical}")
+    except OSError as e:  # e.g. a name too long for the file system
+        if isinstance(e, FileNotFoundError) and not e.errno:
+            raise  # ours, from w.not_found
+        raise w.error(f"image path {s[:80]!r} cannot be used: {e.strerror or e}") from None
     return real
 
 

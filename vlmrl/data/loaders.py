@@ -3,7 +3,9 @@
 Entry point: :func:`load_dataset` returns a :class:`VQADataset`. Text fields of every row are read and
 validated when the dataset is loaded (missing or mistyped fields, ``<image>`` placeholders that do not
 match the images, image paths outside the dataset root or missing); images are decoded only when a
-row is accessed (``dataset[i]``), so a big dataset costs little to open.
+row is accessed (``dataset[i]``), so a big dataset costs little to open. An image that cannot be used
+(empty, truncated or not an image file, over ``max_image_pixels``, an aspect ratio above 200) raises a
+DataError naming the row and field when its row is accessed; the trainer skips and counts such rows.
 
 Row formats (``format="auto"`` picks one from the fields of the first row: ``question`` -> vlmrl,
 ``problem`` -> easyr1, ``prompt`` -> trl):
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .images import DEFAULT_MAX_IMAGE_PIXELS, check_image_ref, load_image
+from .images import DEFAULT_MAX_IMAGE_PIXELS, check_aspect_ratio, check_image_ref, load_image
 from .sample import ANSWER_TYPES, IMAGE_PLACEHOLDER, DataError, Sample, Where, choice_letter
 
 FORMATS = ("vlmrl", "easyr1", "trl")
@@ -402,7 +404,23 @@ def _meta(rec: dict, w: Where) -> dict:
             raise w.at("meta").error(f"is text but not valid JSON: {e}") from None
     if not isinstance(m, dict):
         raise w.at("meta").error(f"must be an object, got {type(m).__name__}")
+    if m.get("gt_boxes") is not None:
+        _check_boxes(m["gt_boxes"], w)
     return dict(m)
+
+
+def _check_boxes(boxes: Any, w: Where) -> None:
+    """meta.gt_boxes: a list of [x1, y1, x2, y2] with finite numbers, x1 < x2 and y1 < y2 (the DTPO crop
+    judge divides by their areas)."""
+    if not isinstance(boxes, list):
+        raise w.at("meta.gt_boxes").error(f"must be a list of [x1, y1, x2, y2] boxes, got {type(boxes).__name__}")
+    for k, b in enumerate(boxes):
+        name = f"meta.gt_boxes[{k}]"
+        if not (isinstance(b, list) and len(b) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)):
+            raise w.at(name).error(f"must be [x1, y1, x2, y2] with 4 finite numbers, got {b!r:.80}")
+        if not (b[0] < b[2] and b[1] < b[3]):
+            raise w.at(name).error(f"is empty: need x1 < x2 and y1 < y2, got {b}")
 
 
 def _id(rec: dict, w: Where, default: str) -> str:
@@ -559,7 +577,9 @@ class VQADataset(Sequence):
             images = []
             for k in range(len(r.images)):
                 name = f"{r.image_field}[{k}]" if r.image_field.endswith("images") else r.image_field
-                images.append(load_image(r.images[k], r.root, max_pixels=self.max_image_pixels, where=w.at(name)))
+                im = load_image(r.images[k], r.root, max_pixels=self.max_image_pixels, where=w.at(name))
+                check_aspect_ratio(im.size, w.at(name))
+                images.append(im)
         else:
             images = list(r.images)
         return Sample(images=images, question=r.question, answer=r.answer, answer_type=r.answer_type,

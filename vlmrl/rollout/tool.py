@@ -599,6 +599,8 @@ def first_view(
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     if scale != 1.0:
         w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        # rounding must not push a thin image over smart_resize's aspect limit (5x999 -> 2x500)
+        w, h = max(w, math.ceil(h / MAX_ASPECT_RATIO)), max(h, math.ceil(w / MAX_ASPECT_RATIO))
         image = image.convert("RGB").resize((w, h), Image.BICUBIC)
     return _resize_to_budget(image, image.width, image.height, factor, min_pixels, max_pixels)
 
