@@ -16,6 +16,7 @@ from vlmrl.cli import main
 from vlmrl.data import load_dataset
 from vlmrl.data.synthetic import (
     CATEGORIES,
+    DEFAULT_CATEGORIES,
     COLORS,
     DIGITS,
     EMBOSS_AMPLITUDE,
@@ -89,7 +90,7 @@ def test_rows_schema_and_loader(tmp_path):
             assert len(s.choices) == 4 and s.answer in "ABCD"
         elif answer_type == "number":
             assert s.answer.isdigit()
-    assert seen == set(CATEGORIES)
+    assert seen == set(DEFAULT_CATEGORIES)
     with pytest.raises(ValueError, match="even"):
         ZoomConfig(image_size=(223, 224))
 

@@ -31,11 +31,12 @@ def assets(tmp_path_factory, tiny_dirs):
 
 
 def _overrides(assets, out, **sft):
-    base = {"steps": 30, "batch_size": 4, "lr": 3e-3, "tool_fraction": 1.0, "output": ""}  # "": <output_dir>/sft_model
+    base = {"steps": 30, "batch_size": 4, "lr": 3e-3, "tool_fraction": 1.0, "tool_fraction_no_zoom": 0.0,
+            "box": "tight", "output": ""}  # "": <output_dir>/sft_model
     base.update(sft)
     return [f"model.path={assets['model']}", f"data.train={assets['data'] / 'train.jsonl'}",
             f"train.output_dir={out}", "model.dtype=float32", "model.device=cpu", "train.seed=0",
-            "rollout.max_new_tokens=40"] + [f"sft.{k}={v}" for k, v in base.items()]
+            "rollout.max_new_tokens=40", "rollout.prompt_style=compact"] + [f"sft.{k}={v}" for k, v in base.items()]
 
 
 def _cfg(assets, out, **sft):

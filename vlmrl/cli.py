@@ -23,6 +23,7 @@ COMMANDS = {
     "score": ("vlmrl.evaluation.score", "score existing predictions against a benchmark file"),
     "view": ("vlmrl.viewer", "render rollout traces into one self-contained HTML file"),
     "plot": ("vlmrl.plots", "plot a run's metrics into PNG files"),
+    "quickstart": ("vlmrl.quickstart", "the main job end to end: tiny model, data, SFT, DTPO, eval, summary"),
 }
 
 

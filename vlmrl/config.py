@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class RolloutSection:
     crop_max_pixels: int = 1024 * 28 * 28
     coord_convention: str = ""  # "" = the model family's (absolute for Qwen2.5-VL, rel1000 otherwise)
     tool_name: str = "crop"
-    prompt_style: str = "full"  # full | compact
+    prompt_style: str = "full"  # full | compact | minimal
 
 
 @dataclass
@@ -111,6 +112,8 @@ class SFTConfig:
     batch_size: int = 8
     lr: float = 1e-3
     tool_fraction: float = 0.5  # share of scripted crop demonstrations (tool mode) among needs-zoom rows
+    tool_fraction_no_zoom: float = 0.0  # ... and among the other rows
+    box: str = "tight"  # demo crop box: tight (ground truth padded 25%) | grid (one of 9 half-size windows)
     output: str = ""  # where the warm-started model goes ("" = <output_dir>/sft_model)
 
 
@@ -194,14 +197,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -81,7 +81,12 @@ CATEGORIES = {
     "tag_digit": (True, "number", "What digit is printed on the small gray tag?"),
     "tag_digit_choice": (True, "choice", "Which digit is printed on the small gray tag?"),
     "tag_letter": (True, "word", "What letter is printed on the small gray tag?"),
+    "tag_color": (True, "word", "What color are the stripes on the small gray tag?"),
 }
+# tag_color: the tag's glyph area is striped with the emboss pattern in the colour's channels only
+STRIPE_CHANNELS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
+TAG_LAYOUTS = ("anywhere", "corners")  # corners: the tag sits near one of the 4 corners (coarse location)
+DEFAULT_CATEGORIES = ("big_color", "big_shape", "big_count", "tag_digit", "tag_digit_choice", "tag_letter")
 TASKS = ("zoom",)
 
 
@@ -102,6 +107,7 @@ class ZoomScene:
     glyph_xy: tuple[int, int]  # top-left pixel of the glyph
     symbol: str
     style: str = "emboss"
+    stripe: str = ""  # tag_color scenes: the stripe colour (the glyph is not drawn)
 
     @property
     def tag_box(self) -> tuple[int, int, int, int]:
@@ -113,13 +119,16 @@ class ZoomScene:
         d = asdict(self)
         d["shapes"] = [dict(kind=s.kind, color=s.color, box=list(s.box)) for s in self.shapes]
         d["glyph_xy"] = list(self.glyph_xy)
+        if not self.stripe:
+            del d["stripe"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ZoomScene":
         return cls(width=int(d["width"]), height=int(d["height"]),
                    shapes=tuple(Shape(s["kind"], s["color"], tuple(s["box"])) for s in d["shapes"]),
-                   glyph_xy=tuple(d["glyph_xy"]), symbol=str(d["symbol"]), style=d.get("style", "emboss"))
+                   glyph_xy=tuple(d["glyph_xy"]), symbol=str(d["symbol"]), style=d.get("style", "emboss"),
+                   stripe=d.get("stripe", ""))
 
 
 @dataclass
@@ -127,7 +136,9 @@ class ZoomConfig:
     image_size: tuple[int, int] = (224, 224)  # width, height
     zoom_fraction: float = 0.5
     detail_style: str = "emboss"
-    categories: tuple[str, ...] = tuple(CATEGORIES)
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES  # tag_color only when asked for
+    symbols: tuple[str, ...] = ()  # restrict tag symbols to this subset of DIGITS + LETTERS (() = all)
+    tag_layout: str = "anywhere"  # anywhere | corners (near one of the 4 corners: an easy box to find)
 
     def __post_init__(self) -> None:
         w, h = self.image_size
@@ -142,6 +153,25 @@ class ZoomConfig:
         bad = [c for c in self.categories if c not in CATEGORIES]
         if bad or not self.categories:
             raise ValueError(f"unknown categories {bad}; expected a non-empty subset of {list(CATEGORIES)}")
+        if self.tag_layout not in TAG_LAYOUTS:
+            raise ValueError(f"unknown tag layout {self.tag_layout!r}; expected one of {TAG_LAYOUTS}")
+        if "tag_color" in self.categories and self.detail_style != "emboss":
+            raise ValueError("tag_color questions need the emboss detail style (stripes erased at half resolution)")
+        self.symbols = tuple(self.symbols)
+        bad = [c for c in self.symbols if c not in GLYPHS]
+        if bad:
+            raise ValueError(f"unknown symbols {bad}; expected a subset of {''.join(GLYPHS)}")
+        zoom = {c for c in self.categories if CATEGORIES[c][0]}
+        if self.symbols and "tag_letter" in zoom and not self.pool(LETTERS):
+            raise ValueError(f"symbols {''.join(self.symbols)} hold no letter, but tag_letter questions need one")
+        if self.symbols and zoom & {"tag_digit", "tag_digit_choice"} and not self.pool(DIGITS):
+            raise ValueError(f"symbols {''.join(self.symbols)} hold no digit, but tag_digit questions need one")
+        if self.symbols and "tag_digit_choice" in zoom and len(self.pool(DIGITS)) < 4:
+            raise ValueError("tag_digit_choice questions need at least 4 digits among the symbols")
+
+    def pool(self, kind: tuple[str, ...]) -> tuple[str, ...]:
+        """The symbols of `kind` (DIGITS or LETTERS) this config draws from."""
+        return tuple(c for c in kind if not self.symbols or c in self.symbols)
 
 
 def glyph_size(style: str) -> tuple[int, int]:
@@ -188,11 +218,13 @@ def render_scene(scene: ZoomScene) -> Image.Image:
         return im
     arr = np.asarray(im).astype(np.int16)
     patch = EMBOSS_AMPLITUDE * np.asarray(EMBOSS_KERNEL, dtype=np.int16)
+    channels = list(STRIPE_CHANNELS[scene.stripe]) if scene.stripe else [0, 1, 2]
     for r, bits in enumerate(glyph):
         for q, b in enumerate(bits):
-            if b == "1":
+            if b == "1" or scene.stripe:
                 y0, x0 = gy + r * ch, gx + q * cw
-                arr[y0:y0 + ch, x0:x0 + cw, :] += patch[None, :, None]
+                for c in channels:
+                    arr[y0:y0 + ch, x0:x0 + cw, c] += patch[None, :]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
 
 
@@ -209,7 +241,21 @@ def _overlaps(a, b, gap: int) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
-def _sample_layout(rng: random.Random, w: int, h: int, n_shapes: int, style: str):
+def _tag_spots(rng: random.Random, w: int, h: int, gw: int, gh: int, layout: str):
+    """Candidate glyph positions: uniform anywhere, or near a corner (a random corner, jittered)."""
+    lo_x, hi_x = EDGE_MARGIN + TAG_MARGIN, w - EDGE_MARGIN - TAG_MARGIN - gw
+    lo_y, hi_y = EDGE_MARGIN + TAG_MARGIN, h - EDGE_MARGIN - TAG_MARGIN - gh
+    for _ in range(200):
+        if layout == "corners":
+            jx, jy = rng.randint(0, max(0, w // 8 - EDGE_MARGIN)), rng.randint(0, max(0, h // 8 - EDGE_MARGIN))
+            gx = lo_x + jx if rng.random() < 0.5 else hi_x - jx
+            gy = lo_y + jy if rng.random() < 0.5 else hi_y - jy
+        else:
+            gx, gy = rng.randint(lo_x, hi_x), rng.randint(lo_y, hi_y)
+        yield gx, gy
+
+
+def _sample_layout(rng: random.Random, w: int, h: int, n_shapes: int, style: str, layout: str = "anywhere"):
     m = min(w, h)
     if n_shapes == 1:
         lo, hi = int(0.30 * m), int(0.45 * m)
@@ -232,9 +278,7 @@ def _sample_layout(rng: random.Random, w: int, h: int, n_shapes: int, style: str
                 break
         if len(boxes) != n_shapes:
             continue
-        for _ in range(200):
-            gx = rng.randint(EDGE_MARGIN + TAG_MARGIN, w - EDGE_MARGIN - TAG_MARGIN - gw)
-            gy = rng.randint(EDGE_MARGIN + TAG_MARGIN, h - EDGE_MARGIN - TAG_MARGIN - gh)
+        for gx, gy in _tag_spots(rng, w, h, gw, gh, layout):
             if style == "emboss" and gx % 2 == 0:
                 gx += 1 if gx + 1 <= w - EDGE_MARGIN - TAG_MARGIN - gw else -1
             tag = (gx - TAG_MARGIN, gy - TAG_MARGIN, gx - TAG_MARGIN + tw, gy - TAG_MARGIN + th)
@@ -261,15 +305,16 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
         n_shapes = 1
     else:
         n_shapes = rng.randint(1, 3)
-    boxes, glyph_xy = _sample_layout(rng, w, h, n_shapes, cfg.detail_style)
+    boxes, glyph_xy = _sample_layout(rng, w, h, n_shapes, cfg.detail_style, cfg.tag_layout)
     shapes = tuple(Shape(rng.choice(SHAPES), rng.choice(sorted(COLORS)), box) for box in boxes)
     if cat == "tag_letter":
-        symbol = rng.choice(LETTERS)
+        symbol = rng.choice(cfg.pool(LETTERS))
     elif cat in ("tag_digit", "tag_digit_choice"):
-        symbol = rng.choice(DIGITS)
+        symbol = rng.choice(cfg.pool(DIGITS))
     else:
-        symbol = rng.choice(DIGITS + LETTERS)
-    scene = ZoomScene(w, h, shapes, glyph_xy, symbol, cfg.detail_style)
+        symbol = rng.choice(cfg.pool(DIGITS + LETTERS))
+    stripe = rng.choice(sorted(STRIPE_CHANNELS)) if cat == "tag_color" else ""
+    scene = ZoomScene(w, h, shapes, glyph_xy, symbol, cfg.detail_style, stripe)
 
     choices = None
     if cat == "big_color":
@@ -281,9 +326,11 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
     elif cat == "big_count":
         answer, gt = str(n_shapes), [s.box for s in shapes]
     elif cat == "tag_digit_choice":
-        choices = rng.sample([d for d in DIGITS if d != symbol], 3) + [symbol]
+        choices = rng.sample([d for d in cfg.pool(DIGITS) if d != symbol], 3) + [symbol]
         rng.shuffle(choices)
         answer, gt = "ABCD"[choices.index(symbol)], [scene.tag_box]
+    elif cat == "tag_color":
+        answer, gt = stripe, [scene.tag_box]
     else:  # tag_digit, tag_letter
         answer, gt = symbol, [scene.tag_box]
 
@@ -339,6 +386,8 @@ def make_zoom_dataset(out_dir: str | Path, n: int = 200, n_test: int = 50, seed:
         "image_size": list(cfg.image_size),
         "zoom_fraction": cfg.zoom_fraction,
         "detail_style": cfg.detail_style,
+        "symbols": "".join(cfg.pool(DIGITS + LETTERS)),
+        "tag_layout": cfg.tag_layout,
         "categories": {c: {"needs_zoom": CATEGORIES[c][0], "answer_type": CATEGORIES[c][1],
                            "question": CATEGORIES[c][2]} for c in cfg.categories},
         "counts": counts,
@@ -375,7 +424,12 @@ def add_args(parser) -> None:
                         help="how the tag symbol is drawn: emboss (erased exactly at half resolution, default) "
                              "or solid (a plain tiny glyph, only blurred)")
     parser.add_argument("--categories", default=None,
-                        help=f"comma-separated subset of question kinds ({', '.join(CATEGORIES)})")
+                        help=f"comma-separated subset of question kinds ({', '.join(CATEGORIES)}; default: all but tag_color)")
+    parser.add_argument("--symbols", default="",
+                        help="restrict the tag symbols to these characters, e.g. 0147 (default: all digits and "
+                             f"letters {''.join(GLYPHS)})")
+    parser.add_argument("--tag-layout", default="anywhere", choices=TAG_LAYOUTS,
+                        help="where the tag goes: anywhere (default) or near one of the 4 corners")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
 
 
@@ -395,9 +449,10 @@ def run(args) -> int:
         raise _usage_error(f"unknown task kind {args.kind!r}; available: {', '.join(TASKS)}")
     try:
         size = _parse_size(args.image_size)
-        cats = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else tuple(CATEGORIES)
+        cats = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else DEFAULT_CATEGORIES
+        syms = tuple(c for c in args.symbols.replace(",", "").upper() if not c.isspace())
         cfg = ZoomConfig(image_size=size, zoom_fraction=args.zoom_fraction, detail_style=args.detail_style,
-                         categories=cats)
+                         categories=cats, symbols=syms, tag_layout=args.tag_layout)
         info = make_zoom_dataset(args.out, n=args.n, n_test=args.n_test, seed=args.seed, config=cfg,
                                  overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:

@@ -1,8 +1,8 @@
 """`vlmrl eval`: evaluate a model on a benchmark task through the rollout engine.
 
     vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool] [--samples K]
-               [--limit N] [--out DIR] [--max-new-tokens M] [--prompt-style full|compact]
-               [--batch-size B] [--seed S]
+               [--limit N] [--out DIR] [--max-new-tokens M] [--prompt-style full|compact|minimal]
+               [--batch-size B] [--seed S] [--crop-min-pixels P] [--crop-max-pixels P] [--prefix TEXT]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
@@ -30,7 +30,13 @@ def add_args(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="per assistant turn (default: the task's generation.max_new_tokens)")
     parser.add_argument("--max-turns", type=int, default=2, help="assistant turns in tool mode")
-    parser.add_argument("--prompt-style", default="full", choices=["full", "compact"])
+    parser.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal"])
+    parser.add_argument("--crop-min-pixels", type=int, default=None,
+                        help="tool mode: crops are upscaled to at least this many pixels (default: the engine's)")
+    parser.add_argument("--crop-max-pixels", type=int, default=None, help="tool mode: crops are capped at this")
+    parser.add_argument("--prefix", default="",
+                        help="force the start of the first assistant turn (baselines with a fixed decision, "
+                             "e.g. the model's own call-opening text to always call the tool)")
     parser.add_argument("--batch-size", type=int, default=8, help="docs per rollout batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -51,7 +57,8 @@ def run(args) -> int:
     max_new = args.max_new_tokens or int(task.generation.get("max_new_tokens", 64))
     settings = EvalSettings(mode="tool" if args.tool else "direct", samples=args.samples, max_new_tokens=max_new,
                             max_turns=args.max_turns, prompt_style=args.prompt_style, batch_size=args.batch_size,
-                            seed=args.seed)
+                            seed=args.seed, crop_min_pixels=args.crop_min_pixels,
+                            crop_max_pixels=args.crop_max_pixels, prefix=args.prefix)
     settings.check()
     docs = task.load_docs(args.data, images=True, limit=args.limit)
     if not docs:

@@ -10,7 +10,10 @@ Outputs, in the output folder:
                    response: [{raw, valid, box_original, error}]), visual_tokens (per response),
                    finish_reason (per response).
 ``traces.jsonl``   the trajectories (``vlmrl view`` renders them); ``prompt_index`` is the doc_id.
-``results.json``   ``{"task", "n", "metrics", "visual_tokens_per_sample", "tool_call_rate", ...}``.
+``results.json``   ``{"task", "n", "metrics", "score", "visual_tokens_per_sample", "tool_call_rate",
+                   "by": the same per value of each boolean field (e.g. needs_zoom), ...,
+                   "skipped_docs", "skipped"}``: docs whose image cannot be decoded are left out of the
+                   metrics, counted and listed (with the file and row), and tried again on resume.
 
 Resume: existing lines of ``samples.jsonl`` are kept (a truncated last line is dropped), their
 doc_ids are skipped, and the final metrics are computed over every line. With K > 1 responses per
@@ -42,6 +45,9 @@ class EvalSettings:
     prompt_style: str = "full"
     batch_size: int = 8
     seed: int = 0
+    crop_min_pixels: int | None = None  # None: the rollout engine's defaults
+    crop_max_pixels: int | None = None
+    prefix: str = ""  # forced start of the first assistant turn (fixed-decision baselines); "" = none
 
     @property
     def temperature(self) -> float:
@@ -209,14 +215,12 @@ def summarize(task, docs: list[dict], records: list[dict], settings: EvalSetting
     done_docs = [by_id[r["doc_id"]] for r in records]
     k_total = min(len(r["filtered_resps"]) for r in records)
     metrics, _ = score_k(task, done_docs, {r["doc_id"]: r["filtered_resps"] for r in records}, k_total)
-    vt = [v for r in records for v in r["visual_tokens"]]
-    calls = [c for r in records for c in r["tool_calls"]]
     return {
         "task": task.name,
         "n": len(records),
         "metrics": metrics,
-        "visual_tokens_per_sample": sum(vt) / len(vt) if vt else 0.0,
-        "tool_call_rate": sum(1 for c in calls if c) / len(calls) if calls else 0.0,
+        **usage(records),
+        "by": breakdown(task, done_docs, records),
         "samples": k_total,
         "mode": settings.mode,
         "temperature": settings.temperature,
@@ -224,7 +228,49 @@ def summarize(task, docs: list[dict], records: list[dict], settings: EvalSetting
     }
 
 
+def usage(records: list[dict]) -> dict:
+    """Mean score, tool-call rate and visual tokens per response over `records` (samples.jsonl lines)."""
+    vt = [v for r in records for v in r["visual_tokens"]]
+    calls = [c for r in records for c in r["tool_calls"]]
+    return {"score": sum(r["score"] for r in records) / len(records) if records else 0.0,
+            "visual_tokens_per_sample": sum(vt) / len(vt) if vt else 0.0,
+            "tool_call_rate": sum(1 for c in calls if c) / len(calls) if calls else 0.0}
+
+
+def breakdown(task, docs: list[dict], records: list[dict]) -> dict:
+    """`usage` per value of every boolean field the task declares (e.g. the zoom task's needs_zoom):
+    {field: {"true": {...,"n"}, "false": {...,"n"}}}."""
+    out = {}
+    for role in task.fields:
+        values = [task.field_value(d, role, None) for d in docs]
+        if not values or not all(isinstance(v, bool) for v in values):
+            continue
+        out[role] = {str(flag).lower(): {"n": sum(v == flag for v in values),
+                                         **usage([r for r, v in zip(records, values) if v == flag])}
+                     for flag in (True, False)}
+    return out
+
+
 # ------------------------------------------------------------------------------------ the loop
+
+
+def _decodable(task, batch: list[dict], skipped: list[str]) -> tuple[list[dict], list]:
+    """The docs of a batch whose images decode, with their Samples; the others are reported on stderr
+    and their messages appended to ``skipped`` (never a crash for one bad image)."""
+    from vlmrl.data.images import DECODE_ERRORS, check_aspect_ratio
+
+    ok, samples = [], []
+    for d in batch:
+        try:
+            sample = make_sample(task, d)
+            for im in sample.images:
+                check_aspect_ratio(im.size, d.get("source"))
+            samples.append(sample)
+            ok.append(d)
+        except DECODE_ERRORS as e:  # ValueError / OSError (FileNotFoundError) and PIL's other errors
+            skipped.append(f"doc {d['doc_id']}: {e}")  # the message names the file and row
+            print(f"eval {task.name}: skipped {skipped[-1]}", file=sys.stderr)
+    return ok, samples
 
 
 def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: EvalSettings,
@@ -250,18 +296,30 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
         traces_path.unlink()
     todo = [d for d in docs if d["doc_id"] not in done]
 
+    crop = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels") if getattr(settings, k)}
     cfg = RolloutConfig(mode=settings.mode, max_turns=settings.max_turns, max_new_tokens=settings.max_new_tokens,
-                        temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed)
+                        temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed,
+                        **crop)
     mfn = messages_fn_for(task)
+    if settings.prefix:
+        from vlmrl.rollout.scripted import PrefixedPolicy
+
+        policy = PrefixedPolicy(policy, settings.prefix)
     engine = RolloutEngine(policy, cfg, messages_fn=mfn)
     K = settings.samples
     bar = tqdm(total=len(docs), initial=len(done), desc=f"eval {task.name}", unit="doc", disable=not progress,
                file=sys.stderr)
+    skipped: list[str] = []  # docs whose images cannot be decoded: reported in results.json, retried on resume
     with open(samples_path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start:start + settings.batch_size]
-            samples = [make_sample(task, d) for d in batch]
+            part = todo[start:start + settings.batch_size]
+            batch, samples = _decodable(task, part, skipped)
+            bar.update(len(part) - len(batch))
+            if not batch:
+                continue
             gen = torch.Generator().manual_seed(settings.seed + batch[0]["doc_id"])
+            if settings.prefix:
+                policy.start()
             trajs = engine.rollout(samples, group_size=K, generator=gen)
             filtered = {d["doc_id"]: [filtered_response(trajs[i * K + k].final_text) for k in range(K)]
                         for i, d in enumerate(batch)}
@@ -294,6 +352,9 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
             bar.update(len(batch))
     bar.close()
     records = [done[d["doc_id"]] for d in docs if d["doc_id"] in done]
-    result = summarize(task, docs, records, settings)
+    if not records:
+        raise ValueError(f"task {task.name}: no document could be evaluated ({len(skipped)} skipped); the first: "
+                         f"{skipped[0] if skipped else '-'}")
+    result = summarize(task, docs, records, settings) | {"skipped_docs": len(skipped), "skipped": skipped}
     (out / RESULTS_FILE).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
     return result

@@ -42,3 +42,40 @@ class ScriptedPolicy(Policy):
         self._rows = [row for row, g in zip(rows, out) if "</tool_call>" in self.tokenizer.decode(g.ids)]
         self.turn += 1
         return out
+
+
+class PrefixedPolicy(Policy):
+    """`policy` whose first assistant turn is forced to begin with `prefix` (a fixed decision for
+    baselines, e.g. "always crop": the model's own call-opening phrase then `<tool_call>`; "never crop":
+    its answer-opening phrase). The model writes the rest; the forced tokens are part of the turn's ids
+    (log-prob 0.0) so the turn's text, and the tool call in it, is what the engine parses. A prefix that
+    already holds a stop string (e.g. a whole `<tool_call>...</tool_call>`) is the entire first turn.
+    Call `start()` before each engine.rollout: the first `generate` after it is the first turn."""
+
+    def __init__(self, base: Policy, prefix: str):
+        super().__init__(base.model, base.processor, base.family)
+        self.prefix = prefix
+        self.prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False)
+        if not self.prefix_ids:
+            raise ValueError("PrefixedPolicy needs a non-empty prefix")
+        self.first = True
+
+    def start(self, n: int = 0) -> None:
+        self.first = True
+
+    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
+                 generator=None, **kwargs):
+        if not self.first:
+            return super().generate(prompts, max_new_tokens, temperature, top_p, stop_strings, num_samples,
+                                    generator, **kwargs)
+        self.first = False
+        k = len(self.prefix_ids)
+        for stop in stop_strings:
+            if stop in self.prefix:  # the prefix is the whole turn, cut after the stop string
+                ids = self.tokenizer.encode(self.prefix[:self.prefix.index(stop) + len(stop)], add_special_tokens=False)
+                return [Generation(list(ids), [0.0] * len(ids), "stop") for _ in range(len(prompts) * num_samples)]
+        caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        seqs = [type(p)(list(p.ids) + self.prefix_ids, p.images) for p in prompts]
+        gens = super().generate(seqs, [max(1, c - k) for c in caps], temperature, top_p, stop_strings, num_samples,
+                                generator, **kwargs)
+        return [Generation(self.prefix_ids + g.ids, [0.0] * k + g.logprobs, g.finish) for g in gens]

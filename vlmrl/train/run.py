@@ -12,6 +12,7 @@ Run directory layout (train.output_dir):
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +31,15 @@ def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, 
 
     rc = replace(rollout_config(cfg), temperature=0.0, mode=mode or cfg.rollout.mode)
     engine = RolloutEngine(policy, rc)
-    samples = [dataset[i] for i in range(min(limit, len(dataset)))]
+    samples, skipped = [], 0
+    for i in range(min(limit, len(dataset))):
+        try:
+            samples.append(dataset[i])
+        except (ValueError, OSError) as e:  # a bad image in the eval split: skipped and counted
+            skipped += 1
+            print(f"skipped an eval row: {e}", file=sys.stderr)
+    if not samples:
+        return {"eval/skipped_samples": skipped}
     trajs = []
     for s in range(0, len(samples), 8):
         trajs += engine.rollout(samples[s:s + 8], 1, generator=torch.Generator().manual_seed(seed))
@@ -38,7 +47,8 @@ def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, 
     acc = parts["accuracy"]
     out = {"eval/accuracy": sum(acc) / max(1, len(acc)),
            "eval/tool_call_rate": sum(bool(t.tool_calls) for t in trajs) / max(1, len(trajs)),
-           "eval/visual_tokens_per_sample": sum(t.visual_tokens for t in trajs) / max(1, len(trajs))}
+           "eval/visual_tokens_per_sample": sum(t.visual_tokens for t in trajs) / max(1, len(trajs)),
+           "eval/skipped_samples": skipped}
     for flag, name in ((True, "zoom"), (False, "no_zoom")):
         idx = [i for i, t in enumerate(trajs) if bool((t.meta or {}).get("needs_zoom")) == flag]
         if idx and "needs_zoom" in (trajs[0].meta or {}):
@@ -65,6 +75,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         start = int(state["step"])
         trainer.stream.position = int(state["data_position"])
         trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
+        trainer.stream.skipped = list(state.get("skipped_samples", []))
         trainer.step_idx = start
         if trainer.is_main:
             print(f"resumed from {ckpt} at step {start}")
@@ -72,7 +83,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     if cfg.data.eval and cfg.train.eval_every:
         from vlmrl.data import load_dataset
 
-        eval_set = load_dataset(cfg.data.eval, format=cfg.data.format)
+        eval_set = load_dataset(cfg.data.eval, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
     logger = MetricsLogger(out, is_main=trainer.is_main, accelerator=acc if cfg.train.log_with else None,
                            resume_step=start)
     bar = progress(cfg.train.steps, desc=f"train {cfg.algo.name}", is_main=trainer.is_main, initial=start)
@@ -82,7 +93,8 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
                         trainer.optimizer, trainer.scheduler,
                         trainer_state={"data_position": trainer.stream.position,
-                                       "nonfinite_total": trainer.nonfinite_total},
+                                       "nonfinite_total": trainer.nonfinite_total,
+                                       "skipped_samples": trainer.stream.skipped},
                         generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
         acc.wait_for_everyone()
 

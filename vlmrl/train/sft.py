@@ -6,11 +6,13 @@ Each training row becomes one demonstration trajectory built *through the real r
 `ScriptedPolicy` that "generates" the scripted texts), so ids, masks, observation turns and crops are
 exactly what RL will see. Scripts, in `rollout.mode: tool`:
 
-- crop demo (needs-zoom rows, with probability `sft.tool_fraction`, seeded):
-  turn 0 `<think>The detail is too small to read. I will zoom in.</think><tool_call>{"name": "crop",
-  "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>` (the ground-truth box, padded 25% per side,
-  in the coordinate convention of the first view the model sees), turn 1
-  `<think>Now I can read it.</think><answer>{answer}</answer>`;
+- crop demo (needs-zoom rows with probability `sft.tool_fraction`, other rows with probability
+  `sft.tool_fraction_no_zoom`, seeded): turn 0 `<think>The detail is too small to read. I will zoom
+  in.</think><tool_call>{"name": "crop", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>`, turn 1
+  `<think>Now I can read it.</think><answer>{answer}</answer>`. The box, in the coordinate convention of the
+  first view the model sees, is (`sft.box`) "tight": the ground-truth box padded 25% per side, or "grid":
+  the window of a 3x3 grid of half-size windows (stride a quarter of the image) that holds the padded box
+  (a coarse, easy-to-learn choice among 9 boxes);
 - direct demo (everything else, and always in direct mode): `<think>I can see it.</think><answer>{answer}</answer>`.
 
 Training: AdamW (`sft.lr`), `sft.steps` steps of `sft.batch_size` demos (cycling a seeded permutation),
@@ -46,15 +48,35 @@ def _union(boxes) -> list[float] | None:
     return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
 
 
+def grid_window(box, original_size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """The window of the 3x3 grid of half-size windows (offsets 0, 1/4, 1/2 of each side) that contains
+    `box` and whose centre is nearest to the box's; None when no window contains it."""
+    W, H = original_size
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    best = None
+    for ox in (0.0, W / 4, W / 2):
+        for oy in (0.0, H / 4, H / 2):
+            w = (ox, oy, ox + W / 2, oy + H / 2)
+            if w[0] <= box[0] and w[1] <= box[1] and box[2] <= w[2] and box[3] <= w[3]:
+                d = (ox + W / 4 - cx) ** 2 + (oy + H / 4 - cy) ** 2
+                if best is None or d < best[0]:
+                    best = (d, w)
+    return None if best is None else best[1]
+
+
 def seen_box(gt_box, original_size: tuple[int, int], seen_size: tuple[int, int], convention: str,
-             pad: float = BOX_PAD) -> list:
-    """A ground-truth box (original pixels), padded by `pad` per side and clamped to the image, in the
-    coordinates the model writes: "absolute" (pixels of the seen view), "rel1000" (0-1000) or "rel1" (0-1)."""
+             pad: float = BOX_PAD, grid: bool = False) -> list:
+    """A ground-truth box (original pixels), padded by `pad` per side and clamped to the image (with
+    `grid`: then widened to its `grid_window` when one holds it), in the coordinates the model writes:
+    "absolute" (pixels of the seen view), "rel1000" (0-1000) or "rel1" (0-1)."""
     W, H = original_size
     x1, y1, x2, y2 = (float(v) for v in gt_box)
     bw, bh = x2 - x1, y2 - y1
     x1, x2 = max(0.0, x1 - pad * bw), min(float(W), x2 + pad * bw)
     y1, y2 = max(0.0, y1 - pad * bh), min(float(H), y2 + pad * bh)
+    window = grid_window((x1, y1, x2, y2), original_size) if grid else None
+    if window is not None:
+        x1, y1, x2, y2 = window
     if convention == "absolute":
         sw, sh = seen_size
         return [round(x1 * sw / W), round(y1 * sh / H), round(x2 * sw / W), round(y2 * sh / H)]
@@ -77,7 +99,7 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
     image = sample.images[0]
     view = crop_tool.first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
     convention = r.coord_convention or crop_tool.default_convention(family)
-    bbox = seen_box(box, image.size, view.size, convention)
+    bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid")
     call = json.dumps({"name": r.tool_name, "arguments": {"bbox_2d": bbox}})
     return [f"{CROP_THINK}<tool_call>{call}</tool_call>", AFTER_CROP.format(answer=answer)]
 
@@ -85,7 +107,8 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
 def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 8) -> tuple[list, list[str]]:
     """Demonstration trajectories of `samples` (through the rollout engine) and the errors of skipped ones.
 
-    A needs-zoom sample gets a crop demo with probability `cfg.sft.tool_fraction` (seeded by `seed`)."""
+    A needs-zoom sample gets a crop demo with probability `cfg.sft.tool_fraction`, any other sample with
+    probability `cfg.sft.tool_fraction_no_zoom` (seeded by `seed`)."""
     from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
     from vlmrl.rollout.scripted import ScriptedPolicy
     from vlmrl.train.trainer import rollout_config
@@ -96,7 +119,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
     skipped: list[str] = []
     for s in samples:
         needs = bool((getattr(s, "meta", None) or {}).get("needs_zoom"))
-        use_tool = needs and rng.random() < cfg.sft.tool_fraction
+        use_tool = rng.random() < (cfg.sft.tool_fraction if needs else cfg.sft.tool_fraction_no_zoom)
         try:
             texts.append(demo_texts(s, cfg, policy.family, policy.factor, use_tool))
             ok.append(s)
@@ -163,8 +186,11 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     s = cfg.sft
     if s.steps < 1 or s.batch_size < 1:
         raise ValueError(f"sft.steps and sft.batch_size must be >= 1, got {s.steps} and {s.batch_size}")
-    if not 0.0 <= s.tool_fraction <= 1.0:
-        raise ValueError(f"sft.tool_fraction must be in [0, 1], got {s.tool_fraction}")
+    for name in ("tool_fraction", "tool_fraction_no_zoom"):
+        if not 0.0 <= getattr(s, name) <= 1.0:
+            raise ValueError(f"sft.{name} must be in [0, 1], got {getattr(s, name)}")
+    if s.box not in ("tight", "grid"):
+        raise ValueError(f"sft.box must be 'tight' or 'grid', got {s.box!r}")
     out = Path(s.output) if s.output else Path(cfg.train.output_dir) / "sft_model"
     seed = cfg.train.seed
     torch.manual_seed(seed)

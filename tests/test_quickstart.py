@@ -1,0 +1,151 @@
+"""The quickstart's parts: task options (tag_color, corners, symbols), grid crop boxes, the minimal prompt,
+forced-prefix baselines through `vlmrl eval`, the per-need breakdown, and `vlmrl quickstart` end to end."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlmrl.cli import main
+from vlmrl.data.synthetic import (
+    STRIPE_CHANNELS, ZoomConfig, ZoomScene, half_view, make_zoom_dataset, make_zoom_sample, render_scene)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ task options
+
+def test_tag_color_stripes_vanish_at_half_resolution_only():
+    cfg = ZoomConfig(categories=("tag_color",), tag_layout="corners")
+    _, row = make_zoom_sample(0, 3, "train", cfg)
+    assert row["meta"]["category"] == "tag_color" and row["answer"] in STRIPE_CHANNELS
+    scene = ZoomScene.from_dict(row["meta"]["scene"])
+    full = {render_scene(replace(scene, stripe=c)).tobytes() for c in STRIPE_CHANNELS}
+    half = {half_view(render_scene(replace(scene, stripe=c))).tobytes() for c in STRIPE_CHANNELS}
+    assert len(full) == len(STRIPE_CHANNELS) and len(half) == 1
+
+
+def test_corners_layout_puts_the_tag_in_a_corner_window():
+    from vlmrl.train.sft import grid_window
+
+    cfg = ZoomConfig(image_size=(224, 224), categories=("tag_color", "big_color"), tag_layout="corners")
+    corners = {(0.0, 0.0), (112.0, 0.0), (0.0, 112.0), (112.0, 112.0)}
+    for i in range(20):
+        _, row = make_zoom_sample(1, i, "train", cfg)
+        w = grid_window(row["meta"]["tag_box"], (224, 224))
+        assert w is not None and (w[0], w[1]) in corners, (i, row["meta"]["tag_box"], w)
+
+
+def test_symbols_restrict_the_tag_alphabet(tmp_path):
+    info = make_zoom_dataset(tmp_path, n=40, n_test=0, seed=0,
+                             config=ZoomConfig(categories=("tag_digit",), symbols=("1", "7")))
+    answers = {json.loads(l)["answer"] for l in open(tmp_path / "train.jsonl")}
+    assert answers <= {"1", "7"} and info["symbols"] == "17"
+    with pytest.raises(ValueError, match="no letter"):
+        ZoomConfig(categories=("tag_letter",), symbols=("1",))
+    with pytest.raises(ValueError, match="unknown symbols"):
+        ZoomConfig(symbols=("?",))
+    with pytest.raises(ValueError, match="tag layout"):
+        ZoomConfig(tag_layout="middle")
+
+
+def test_default_dataset_is_unchanged_by_the_new_options():
+    # no stripe key in the scene of ordinary rows, so datasets written before stay byte-identical
+    _, row = make_zoom_sample(0, 0, "train")
+    assert "stripe" not in row["meta"]["scene"]
+
+
+# ------------------------------------------------------------------ SFT boxes
+
+def test_grid_window_hand_computed():
+    from vlmrl.train.sft import grid_window, seen_box
+
+    # windows are 112x112 at offsets 0, 56, 112: x 100..120 fits only the windows starting at x=56
+    assert grid_window((100, 10, 120, 30), (224, 224)) == (56.0, 0.0, 168.0, 112.0)
+    # x 60..80 fits x=0 and x=56; the box centre (70, 20) is nearer (56, 56) than (112, 56)
+    assert grid_window((60, 10, 80, 30), (224, 224)) == (0.0, 0.0, 112.0, 112.0)
+    assert grid_window((0, 0, 200, 20), (224, 224)) is None  # wider than half the image
+    # centre (110, 110): windows (0,0), (56,0), (0,56), (56,56) all hold it; (56,56) has the nearest centre
+    assert grid_window((100, 100, 120, 120), (224, 224)) == (56.0, 56.0, 168.0, 168.0)
+    # seen coordinates on a 112-pixel first view: halved; the 25% padding keeps the box inside the window
+    assert seen_box((100, 10, 120, 30), (224, 224), (112, 112), "absolute", grid=True) == [28, 0, 84, 56]
+    assert seen_box((100, 10, 120, 30), (224, 224), (112, 112), "rel1000", grid=True) == [250, 0, 750, 500]
+    assert seen_box((100, 10, 120, 30), (224, 224), (112, 112), "absolute") == [48, 2, 62, 18]  # tight
+
+
+# ------------------------------------------------------------------ minimal prompt
+
+def test_minimal_prompt_is_short_and_declares_the_call():
+    from vlmrl.data.prompts import direct_messages, tool_messages
+
+    tm = tool_messages(question="What color?", num_images=1, style="minimal", coords="relative1000")
+    assert '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>' in tm[0]["content"]
+    assert "0-1000" in tm[0]["content"]
+    assert tm[1]["content"][-1]["text"] == "What color?"
+    dm = direct_messages(question="What color?", choices=["red", "blue"], num_images=1, style="minimal")
+    assert [m["role"] for m in dm] == ["user"] and dm[0]["content"][-1]["text"] == "What color?\nA. red\nB. blue"
+
+
+# ------------------------------------------------------------------ eval: prefixes and breakdown
+
+@pytest.fixture(scope="module")
+def zoom_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qs_data")
+    make_zoom_dataset(root, n=0, n_test=6, seed=0, config=ZoomConfig(categories=("big_color", "tag_color")))
+    return root
+
+
+def _eval(tiny_dirs, zoom_data, out, *extra):
+    argv = ["eval", "--task", "zoom", "--data", str(zoom_data / "test.jsonl"), "--model", str(tiny_dirs["qwen2_5_vl"]),
+            "--out", str(out), "--tool", "--max-new-tokens", "8", "--prompt-style", "minimal", "--no-progress",
+            "--crop-min-pixels", "3136", "--crop-max-pixels", "50176", *extra]
+    assert main(argv) == 0
+    return json.loads((out / "results.json").read_text()), [json.loads(l) for l in open(out / "samples.jsonl")]
+
+
+def test_eval_prefix_forces_the_first_turn_and_breakdown_by_need(tiny_dirs, zoom_data, tmp_path):
+    call = '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [0, 0, 56, 56]}}</tool_call>'
+    res, lines = _eval(tiny_dirs, zoom_data, tmp_path / "always", "--prefix", call)
+    assert res["tool_call_rate"] == 1.0
+    assert all(l["turns"][0][0] == call for l in lines)  # the prefix is the whole first turn
+    # every response saw the 16-token first view (112x112) plus the crop: [0, 0, 56, 56] in first-view
+    # pixels is the 112x112 top-left quarter of the 224 image, kept at full resolution (16 tokens)
+    assert res["visual_tokens_per_sample"] == 16 + 16
+    by = res["by"]["needs_zoom"]
+    assert by["true"]["n"] + by["false"]["n"] == 6 and by["true"]["tool_call_rate"] == 1.0
+    assert by["false"]["tool_call_rate"] == 1.0
+
+    res, lines = _eval(tiny_dirs, zoom_data, tmp_path / "never", "--prefix", "<answer>")
+    assert res["tool_call_rate"] == 0.0 and res["visual_tokens_per_sample"] == 16
+    assert all(l["turns"][0][0].startswith("<answer>") for l in lines)
+    assert res["by"]["needs_zoom"]["true"]["tool_call_rate"] == 0.0
+
+
+# ------------------------------------------------------------------ end to end
+
+def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch):
+    """Every stage on the tiny model with a couple of steps: the table, the checks, the files."""
+    monkeypatch.setenv("VLMRL_NO_PROGRESS", "1")
+    out = tmp_path / "qs"
+    code = main(["quickstart", "--out", str(out), "--size", "tiny", "--n", "16", "--n-test", "6",
+                 "sft.steps=2", "sft.batch_size=4", "train.steps=1", "train.prompts_per_step=2",
+                 "rollout.group_size=2", "rollout.max_new_tokens=8", "train.eval_every=0", "train.save_every=0"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["policy"] for r in summary["rows"]] == ["warm start (SFT)", "RL (DTPO)", "always crop", "never crop"]
+    rows = {r["policy"]: r for r in summary["rows"]}
+    assert rows["never crop"]["tool_rate_zoom"] == 0.0 and rows["never crop"]["tool_rate_no_zoom"] == 0.0
+    assert len(summary["checks"]) == 3 and all(isinstance(c["holds"], bool) for c in summary["checks"])
+    assert [r["policy"] for r in summary["direct"]] == ["GRPO", "PAPO-G"]
+    md = (out / "summary.md").read_text()
+    assert "| RL (DTPO) |" in md and "Wall time" in md
+    for f in ("rl/metrics.jsonl", "eval/rl/traces.html", "eval/warm_start/results.json", "direct/papo_g/metrics.jsonl"):
+        assert (out / f).is_file(), f
