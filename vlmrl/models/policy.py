@@ -8,6 +8,11 @@
 
 A `Seq` is a token-id list plus the `VisionInput`s of its image placeholders, in order. Every tensor the
 wrapper returns is laid out like `collate`'s batch: row b, column T - len(b) + i is token i of sequence b.
+
+Sampling cost (see tools/bench/rollout.py): each prompt is prefilled once and its cache shared by its
+samples; the cache is written in place (`KVCache`); decoding steps skip the HF forward's per-step work
+(`DecodeStep`); and a later turn that extends a sampled row (`Seq.kv`, taken from `Generation.kv`) prefills
+only its new tokens, at the rope positions a full pass gives them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmrl.data.vision import FAMILY_PATCH, image_factor
+from vlmrl.models.decoding import DecodeStep
+from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -43,6 +50,7 @@ class Seq:
 
     ids: list[int]
     images: list[VisionInput] = field(default_factory=list)
+    kv: KVRef | None = field(default=None, repr=False, compare=False)  # cached prefix (see generate)
 
 
 @dataclass
@@ -52,6 +60,26 @@ class Generation:
     ids: list[int]
     logprobs: list[float]
     finish: str  # "stop" (eos or stop string) or "length"
+    kv: KVRef | None = field(default=None, repr=False, compare=False)  # the row's cache, for a next turn
+
+
+@dataclass
+class _Rows:
+    """Decoding state of a batch: its cache, next-token logits [n, V], next rope position [n], which cache
+    columns hold real tokens [n, W], and the tokens (and images) each row's cache holds."""
+
+    cache: object
+    logits: torch.Tensor
+    pos: torch.Tensor
+    valid: torch.Tensor
+    covered: list[tuple[list[int], list]]
+
+    def repeat(self, k: int) -> "_Rows":
+        if k > 1:
+            self.cache.batch_repeat_interleave(k)
+            self.logits, self.pos, self.valid = (x.repeat_interleave(k, 0) for x in (self.logits, self.pos, self.valid))
+            self.covered = [c for c in self.covered for _ in range(k)]
+        return self
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -121,7 +149,9 @@ class Policy:
 
         from vlmrl.models.processor import load_processor
 
-        family = detect_family(path)
+        from vlmrl.models.checks import check_model_dir
+
+        family = check_model_dir(path)  # a clear error for a directory that is not a complete Qwen-VL checkpoint
         dev = resolve_device(device)
         hf_logging.disable_progress_bar()
         model = AutoModelForImageTextToText.from_pretrained(
@@ -177,6 +207,15 @@ class Policy:
 
     def collate(self, seqs: list[Seq]) -> dict:
         """Left-pad sequences into model inputs with mm_token_type_ids and 3-D rope positions."""
+        batch = self._token_batch(seqs)
+        images = [v for s in seqs for v in s.images]
+        if images:
+            batch["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
+        batch["position_ids"] = self.rope_positions(batch)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _token_batch(self, seqs: list[Seq]) -> dict:
+        """input_ids, attention_mask, mm_token_type_ids (and image_grid_thw) of the left-padded sequences."""
         T = max(len(s.ids) for s in seqs)
         B = len(seqs)
         ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)
@@ -185,13 +224,11 @@ class Policy:
             ids[b, T - len(s.ids):] = torch.tensor(s.ids, dtype=torch.long)
             attn[b, T - len(s.ids):] = 1
         mm = (ids == self.image_token_id).long() * attn
-        images = [v for s in seqs for v in s.images]
         batch = {"input_ids": ids, "attention_mask": attn, "mm_token_type_ids": mm}
-        if images:
-            batch["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
-            batch["image_grid_thw"] = torch.tensor([v.grid_thw for v in images], dtype=torch.long)
-        batch["position_ids"] = self.rope_positions(batch)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        grids = [v.grid_thw for s in seqs for v in s.images]
+        if grids:
+            batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+        return batch
 
     def rope_positions(self, batch: dict) -> torch.Tensor:
         """[3, B, T] multimodal rope positions (padding gets position 0)."""
@@ -208,7 +245,8 @@ class Policy:
         if temperature != 1.0:
             logits = logits / temperature
         if self._banned is None or self._banned.device != logits.device:
-            self._banned = torch.tensor(self.banned_token_ids, device=logits.device)
+            with torch.inference_mode(False):  # a normal tensor: also used under autograd (logprobs)
+                self._banned = torch.tensor(self.banned_token_ids, device=logits.device)
         logits = logits.index_fill(-1, self._banned, float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
@@ -246,7 +284,7 @@ class Policy:
 
     # ------------------------------------------------------------------ sampling
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts: list[Seq], max_new_tokens: int | list[int] = 64, temperature: float = 1.0, top_p: float = 1.0,
                  stop_strings: tuple[str, ...] = (), num_samples: int = 1,
                  generator: torch.Generator | None = None) -> list[Generation]:
@@ -255,64 +293,147 @@ class Policy:
         Each prompt is prefilled once and its KV cache shared by its samples. `temperature=0` is greedy.
         `max_new_tokens` may be a list with one cap per prompt.
         Recorded log-probs are those of the sampled tokens under the temperature-scaled distribution
-        (before top-p), i.e. what `logprobs(..., temperature=...)` recomputes."""
-        from transformers import DynamicCache
+        (before top-p), i.e. what `logprobs(..., temperature=...)` recomputes.
 
+        Each Generation's `kv` refers to its row's cache. Prompts that all carry `kv` refs of one earlier call
+        (`Seq(prompt.ids + gen.ids + more, images, kv=gen.kv)`) are prefilled from their new tokens on; any
+        other batch is prefilled in full. Both give the same tokens and log-probs (up to float rounding)."""
         if not prompts:
             return []
         for i, p in enumerate(prompts):
             self.check_seq(p, where=f"prompt {i}")
-        was_training = self.model.training
-        self.model.eval()
-        dev = self.device
-        batch = self.collate(prompts)
-        cache = DynamicCache(config=self.core.config.get_text_config())
-        logits = self.model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        pos = batch["position_ids"].amax(dim=(0, 2))  # [B] last rope position per row
-        attn = batch["attention_mask"]
-        if num_samples > 1:
-            cache.batch_repeat_interleave(num_samples)
-            logits = logits.repeat_interleave(num_samples, 0)
-            pos = pos.repeat_interleave(num_samples, 0)
-            attn = attn.repeat_interleave(num_samples, 0)
-        n = logits.shape[0]
         caps = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(caps) != len(prompts) or min(caps) < 1:
             raise ValueError(f"max_new_tokens must be >= 1 per prompt, got {max_new_tokens}")
-        caps = [c for c in caps for _ in range(num_samples)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = self._prefill(prompts, reserve=max(caps)).repeat(num_samples)
+            caps = [c for c in caps for _ in range(num_samples)]
+            return self._decode(rows, caps, temperature, top_p, stop_strings, generator)
+        finally:
+            if was_training:
+                self.model.train()
+
+    def _new_cache(self, reserve: int):
+        """A KVCache (written in place) for full-attention models; HF's DynamicCache otherwise."""
+        from transformers import DynamicCache
+
+        cfg = self.core.config.get_text_config()
+        if set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}:
+            return KVCache(cfg.num_hidden_layers, reserve)
+        return DynamicCache(config=cfg)
+
+    def _prefill(self, prompts: list[Seq], reserve: int) -> _Rows:
+        refs = [p.kv for p in prompts]
+        if all(r is not None for r in refs):
+            state = refs[0].state
+            if isinstance(state.cache, KVCache) and all(
+                    r.state is state and r.matches(p.ids, p.images) for r, p in zip(refs, prompts)):
+                rows = self._prefill_continued(prompts, refs, reserve)
+                if rows is not None:
+                    return rows
+        return self._prefill_fresh(prompts, reserve)
+
+    def _prefill_fresh(self, prompts: list[Seq], reserve: int) -> _Rows:
+        batch = self.collate(prompts)
+        cache = self._new_cache(reserve)
+        logits = self.model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        pos = batch["position_ids"].amax(dim=(0, 2)) + 1  # [n] next rope position
+        return _Rows(cache, logits, pos, batch["attention_mask"].bool(), [(p.ids, p.images) for p in prompts])
+
+    def _prefill_continued(self, prompts: list[Seq], refs: list[KVRef], reserve: int) -> _Rows | None:
+        """Prefill only what each prompt adds to the tokens its row's cache holds.
+
+        The kept rows are compacted into a fresh cache (their real columns right-aligned), and the new tokens
+        fed as one left-padded block (so right-aligned; a shorter row's leading slots are masked holes).
+        Rope positions: `get_rope_index` of the new part, shifted to the row's next position. Every position
+        Qwen-VL's rope index gives is the running position at its group's start plus an offset within the
+        group, and the cached part ends with text, so this is what a pass over the whole sequence gives
+        (tests/test_perf_kv.py checks it against teacher forcing for the three families).
+        None when a row's new part would start inside an image (then the caller prefills in full)."""
+        dev = self.device
+        keep = [min(len(r.ids), len(p.ids) - 1) for r, p in zip(refs, prompts)]  # >= 1 new token per row
+        parts = [Seq(p.ids[k:], p.images[len(r.images):]) for p, r, k in zip(prompts, refs, keep)]
+        if any(p.ids.count(self.image_token_id) != sum(v.num_tokens(self.merge) for v in p.images) for p in parts):
+            return None
+        block = self._token_batch(parts)  # [n, K], left padded
+        start = torch.tensor([r.next_pos - (len(r.ids) - k) for r, k in zip(refs, keep)])
+        positions = self.rope_positions(block) + start.view(1, -1, 1)
+        state = refs[0].state
+        rows = [r.row for r in refs]
+        runs, valid = compaction_runs(state.valid[rows].cpu(), keep)
+        cache = state.take()
+        cache.compact(rows, runs, max(keep), reserve=block["input_ids"].shape[1] + reserve)
+        valid = torch.cat([valid, block["attention_mask"].bool()], dim=1).to(dev)
+        inputs = dict(block, attention_mask=valid.long(), position_ids=positions)
+        images = [v for p in parts for v in p.images]
+        if images:
+            inputs["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
+        inputs = {k: v.to(dev) for k, v in inputs.items()}
+        logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        pos = positions.amax(dim=(0, 2)).to(dev) + 1
+        return _Rows(cache, logits, pos, valid, [(p.ids, p.images) for p in prompts])
+
+    def _decode(self, rows: _Rows, caps: list[int], temperature: float, top_p: float, stop_strings,
+                generator: torch.Generator | None) -> list[Generation]:
+        """The sampling loop: one token per active row and step, kept on the device until the end."""
+        dev = rows.logits.device
+        n, steps, W = rows.logits.shape[0], max(caps), rows.valid.shape[1]
         stop_ids, text_stops = self._stop_tokens(stop_strings)
-        stop_ids_t = torch.tensor(sorted(stop_ids), device=dev)
-        gen_ids = [[] for _ in range(n)]
-        gen_lp = [[] for _ in range(n)]
-        finish = ["length"] * n
+        stop_ids = torch.tensor(sorted(stop_ids), device=dev)
+        caps_t = torch.tensor(caps, device=dev)
+        toks = torch.full((n, steps), self.pad_token_id, dtype=torch.long, device=dev)
+        lps = torch.zeros((n, steps), device=dev)
+        valid = torch.zeros((n, W + steps), dtype=torch.bool, device=dev)  # cache columns holding real tokens
+        valid[:, :W] = rows.valid
+        length = torch.zeros(n, dtype=torch.long, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
-        temp = temperature if temperature > 0 else 1.0
-        for step in range(max(caps)):
+        stopped = torch.zeros_like(done)
+        step_fn = DecodeStep(self.core, rows.cache, int(rows.pos.min()), int(rows.pos.max()) + steps)
+        logits, pos, temp = rows.logits, rows.pos, (temperature if temperature > 0 else 1.0)
+        for step in range(steps):  # ends by `break`: at the last step every row has reached its cap
             logp = self._logp_from_logits(logits, temp)
             tok = sample_tokens(logp, top_p=top_p, greedy=temperature <= 0, generator=generator)
-            tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-            tok = tok.masked_fill(done, self.pad_token_id)  # finished rows idle on padding
-            stop = torch.isin(tok, stop_ids_t) & ~done
-            tok_list, lp_list = tok.tolist(), tok_lp.tolist()
-            for i in torch.nonzero(~done).flatten().tolist():
-                gen_ids[i].append(tok_list[i])
-                gen_lp[i].append(lp_list[i])
-                if text_stops and not stop[i]:
-                    tail = self.tokenizer.decode(gen_ids[i][-8:], skip_special_tokens=False)
-                    stop[i] = any(tail.endswith(s) for s in text_stops)
-            for i in torch.nonzero(stop).flatten().tolist():
-                finish[i] = "stop"
-            capped = torch.tensor([len(g) >= c for g, c in zip(gen_ids, caps)], device=dev)
-            done = done | stop | capped
+            active = ~done
+            tok = tok.masked_fill(done, self.pad_token_id)  # finished rows idle on masked padding
+            toks[:, step] = tok
+            lps[:, step] = logp.gather(-1, tok[:, None]).squeeze(-1)
+            length += active
+            stop = active & torch.isin(tok, stop_ids)
+            if text_stops:
+                stop |= self._text_stops(toks, length, active & ~stop, text_stops)
+            stopped |= stop
+            done = done | stop | (length >= caps_t)
             if bool(done.all()):
                 break
-            attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=dev)], dim=1)
+            valid[:, W + step] = active  # the token just sampled is fed for the rows that sampled it
+            logits = step_fn(tok, pos, valid[:, :W + step + 1])
             pos = pos + 1
-            logits = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos.view(1, n, 1).expand(3, n, 1),
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        if was_training:
-            self.model.train()
-        return [Generation(gen_ids[i], gen_lp[i], finish[i]) for i in range(n)]
+        return self._generations(rows, toks, lps, length, stopped, valid[:, :W + step], W)
+
+    def _generations(self, rows: _Rows, toks, lps, length, stopped, valid: torch.Tensor, W: int) -> list[Generation]:
+        """The sampled rows, each with a KVRef to its row of the cache: its prompt and the sampled tokens that
+        were fed back (`valid[:, W:]`; a row's last token is not, when the loop ended right after it)."""
+        fed, next_pos = valid[:, W:].sum(1).tolist(), rows.pos.tolist()
+        state = KVState(rows.cache, valid) if isinstance(rows.cache, KVCache) else None
+        out = []
+        for i, (ids, lp, L, s) in enumerate(zip(toks.tolist(), lps.tolist(), length.tolist(), stopped.tolist())):
+            ref = None
+            if state is not None:
+                covered_ids, covered_images = rows.covered[i]
+                ref = KVRef(state, i, covered_ids + ids[:fed[i]], covered_images, next_pos=next_pos[i] + fed[i])
+            out.append(Generation(ids[:L], lp[:L], "stop" if s else "length", ref))
+        return out
+
+    def _text_stops(self, toks: torch.Tensor, length: torch.Tensor, rows: torch.Tensor, text_stops) -> torch.Tensor:
+        """Rows (among `rows`) whose decoded tail ends with a multi-token stop string."""
+        hit = torch.zeros_like(rows)
+        for i in torch.nonzero(rows).flatten().tolist():
+            L = int(length[i])
+            tail = self.tokenizer.decode(toks[i, max(0, L - 8):L].tolist(), skip_special_tokens=False)
+            hit[i] = any(tail.endswith(s) for s in text_stops)
+        return hit
 
     def _stop_tokens(self, stop_strings) -> tuple[set[int], tuple[str, ...]]:
         """Stop strings that are one token become stop ids; the rest are matched on decoded text."""

@@ -7,6 +7,10 @@ the length cap. Direct mode: one turn on the full-resolution image.
 
 Token bookkeeping is append-only: a turn's tokens are never re-rendered, so a teacher-forced pass over
 `traj.ids` reproduces the sampling-time log-probs (tests/test_rollout.py checks it).
+
+KV reuse (`reuse_kv`, on by default): a later turn hands each continuing trajectory's cache from the turn
+before back to `Policy.generate` (`Seq.kv`), which then prefills only the observation (tool response text and
+crop image tokens) instead of the whole history; tests/test_perf_kv.py checks it matches a full re-prefill.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ class RolloutConfig:
     crop_max_pixels: int = crop_tool.CROP_MAX_PIXELS
     coord_convention: str | None = None  # None: the family's (absolute for Qwen2.5-VL, 0-1000 otherwise)
     tool_name: str = crop_tool.DEFAULT_TOOL_NAME
-    prompt_style: str = "full"  # "full" or "compact" prompt templates
+    prompt_style: str = "full"  # "full", "compact" or "minimal" prompt templates
     seed: int = 0
+    reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)
 
     def __post_init__(self):
         if self.mode not in ("tool", "direct"):
@@ -134,7 +139,7 @@ class RolloutEngine:
                     mode=cfg.mode, choices=getattr(s, "choices", None), meta=dict(getattr(s, "meta", {}) or {}),
                     vision=list(seq.images)))
         stops = ("</tool_call>",) if cfg.mode == "tool" else ()
-        active = list(range(len(trajs)))
+        active, kv = list(range(len(trajs))), {}
         for turn in range(cfg.max_turns if cfg.mode == "tool" else 1):
             if not active:
                 break
@@ -143,12 +148,14 @@ class RolloutEngine:
                 gens = pol.generate([p[0] for p in prompts], max_new_tokens=budget, temperature=cfg.temperature,
                                     top_p=cfg.top_p, stop_strings=stops, num_samples=group_size, generator=generator)
             else:
-                seqs = [Seq(list(trajs[i].ids), trajs[i].vision) for i in active]
+                # each row's cache from the turn before goes with its history (None: full prefill)
+                seqs = [Seq(list(trajs[i].ids), trajs[i].vision, kv=kv.pop(i, None)) for i in active]
                 gens = self._generate_each(seqs, active, stops, generator)
             still = []
             for i, gen in zip(active, gens):
                 if self._absorb(trajs[i], samples[trajs[i].prompt_index], gen, turn):
                     still.append(i)
+                    kv[i] = gen.kv if cfg.reuse_kv else None
             active = still
         for t in trajs:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)

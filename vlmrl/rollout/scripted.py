@@ -78,4 +78,5 @@ class PrefixedPolicy(Policy):
         seqs = [type(p)(list(p.ids) + self.prefix_ids, p.images) for p in prompts]
         gens = super().generate(seqs, [max(1, c - k) for c in caps], temperature, top_p, stop_strings, num_samples,
                                 generator, **kwargs)
-        return [Generation(self.prefix_ids + g.ids, [0.0] * k + g.logprobs, g.finish) for g in gens]
+        # the cache covers prompt + prefix + sampled ids, i.e. exactly the turn's ids: later turns reuse it
+        return [Generation(self.prefix_ids + g.ids, [0.0] * k + g.logprobs, g.finish, kv=g.kv) for g in gens]

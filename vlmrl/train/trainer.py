@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -64,7 +65,7 @@ class PromptStream:
 
     def __init__(self, dataset, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         if len(dataset) == 0:
-            raise ValueError("the training dataset is empty")
+            raise ValueError(f"the training dataset is empty: {dataset!r}")
         self.dataset, self.seed, self.rank, self.world, self.shuffle = dataset, seed, rank, world, shuffle
         self.position = 0  # prompts consumed by this process
         self.skipped: list[str] = []
@@ -88,6 +89,7 @@ class PromptStream:
                 out.append(self.dataset[i])
             except (ValueError, OSError) as e:  # DataError is a ValueError: bad image or row
                 self.skipped.append(str(e))
+                print(f"skipped a training row: {e}", file=sys.stderr)
                 tries += 1
                 if tries > 10 * count + len(self.dataset):
                     raise ValueError(f"no usable rows: the last error was: {e}") from None
@@ -401,13 +403,16 @@ class Trainer:
         return metrics, trajs
 
     def _no_grad_logprobs(self, policy, seqs, trajs, temp, chunk: int = 16) -> list[list[float]]:
-        out = []
+        """Teacher-forced log-probs per trajectory, in chunks of similar lengths (little padding)."""
+        out: list = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
         with torch.no_grad():
-            for s in range(0, len(seqs), chunk):
-                part = seqs[s:s + chunk]
-                mask = left_pad([t.response_mask for t in trajs[s:s + chunk]], 0, torch.long)
-                lp = policy.logprobs(part, mask.to(policy.device), temperature=temp).cpu()
-                out += [lp[k, lp.shape[1] - len(q.ids):].tolist() for k, q in enumerate(part)]
+            for s in range(0, len(order), chunk):
+                rows = order[s:s + chunk]
+                mask = left_pad([trajs[i].response_mask for i in rows], 0, torch.long)
+                lp = policy.logprobs([seqs[i] for i in rows], mask.to(policy.device), temperature=temp).cpu()
+                for k, i in enumerate(rows):
+                    out[i] = lp[k, lp.shape[1] - len(seqs[i].ids):].tolist()
         return out
 
     def _rollout_metrics(self, trajs, total, parts, advs, kept) -> dict:

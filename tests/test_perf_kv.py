@@ -1,0 +1,302 @@
+"""The fast sampling paths give the results of the simple ones (no timing here: see tools/bench/rollout.py).
+
+- the in-place KVCache and its row operations equal plain tensor concatenation / indexing;
+- a later turn that reuses a row's cache (only the new tokens prefilled) equals a full re-prefill, for greedy and
+  seeded sampling, in Policy.generate and in two-turn tool rollouts, for the three Qwen-VL families;
+- the decoding loop's greedy tokens equal transformers' own `generate`;
+- the vision tower sees each prompt's image once per group, not G times;
+- the trainer's length-sorted no-grad pass returns each trajectory's own log-probs.
+"""
+
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmrl.models.decoding import DecodeStep, can_fuse
+from vlmrl.models.kvcache import BufferLayer, KVCache, compaction_runs
+from vlmrl.models.policy import Seq
+from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+CALL = '<think>zoom</think><tool_call>{"name": "crop", "arguments": {"bbox_2d": [%s]}}</tool_call>'
+
+
+def _prompt(pol, size, text):
+    tok = pol.tokenizer
+    v = pol.encode_image(Image.new("RGB", size, (200, 30, 90)))
+    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.image_placeholder(v)
+           + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False))
+    return Seq(ids, [v])
+
+
+def _observation(pol, crop, text):
+    tok = pol.tokenizer
+    return (tok.encode("<|im_end|>\n<|im_start|>user\n<tool_response>", add_special_tokens=False)
+            + pol.image_placeholder(crop) + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n",
+                                                       add_special_tokens=False))
+
+
+@contextmanager
+def forced(lm_head, ids):
+    """The k-th call of `lm_head` within the block makes token ids[k] certain for every row."""
+    pending = iter(ids)
+
+    def hook(module, inputs, output):
+        t = next(pending, None)
+        return output if t is None else output.index_add(-1, torch.tensor([t]), torch.full_like(output[..., :1], 1e4))
+
+    handle = lm_head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _assert_same(a, b, atol=1e-5):
+    assert [g.ids for g in a] == [g.ids for g in b]
+    assert [g.finish for g in a] == [g.finish for g in b]
+    for x, y in zip(a, b):
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=atol)
+
+
+# --------------------------------------------------------------------------- the cache itself
+
+def test_buffer_layer_matches_concatenation_and_indexing():
+    g = torch.Generator().manual_seed(0)
+    k0, v0 = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
+    layer = BufferLayer(reserve=2)
+    layer.update(k0, v0)
+    layer.batch_repeat_interleave(3)
+    keys, vals = k0.repeat_interleave(3, 0), v0.repeat_interleave(3, 0)
+    for _ in range(4):  # past the reserve: the buffers grow
+        k1, v1 = torch.randn(6, 3, 1, 4, generator=g), torch.randn(6, 3, 1, 4, generator=g)
+        out_k, out_v = layer.update(k1, v1)
+        keys, vals = torch.cat([keys, k1], 2), torch.cat([vals, v1], 2)
+        assert torch.equal(out_k, keys) and torch.equal(out_v, vals)
+    assert layer.get_seq_length() == 9
+    layer.batch_select_indices(torch.tensor([4, 1]))
+    assert torch.equal(layer.keys, keys[[4, 1]])
+    valid = torch.tensor([[0, 1, 1, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    runs, new_valid = compaction_runs(valid, [3, 5])
+    assert runs == [[(1, 2), (4, 1)], [(0, 5)]]
+    assert new_valid.tolist() == [[False, False, True, True, True], [True] * 5]
+    layer.compact([1, 0], runs[::-1], 5, reserve=1)  # kept rows in a new order
+    assert torch.equal(layer.keys[1, :, 2:], keys[4][:, [1, 2, 4]]) and torch.equal(layer.values[0], vals[1][:, :5])
+    assert (layer.keys[1, :, :2] == 0).all()
+
+
+# --------------------------------------------------------------------------- KV reuse across turns
+
+def _first_turn(pol, greedy):
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "What?"), _prompt(pol, (4 * f, 2 * f), "What is in the top left corner?")]
+    gens = pol.generate(prompts, max_new_tokens=[5, 9], num_samples=2, temperature=0 if greedy else 1.0,
+                        generator=torch.Generator().manual_seed(0))
+    return prompts, gens
+
+
+def _second_turn_seqs(pol, prompts, gens):
+    """Each row's history plus an observation with a crop (sizes and texts differ per row)."""
+    f = pol.factor
+    crops = [pol.encode_image(Image.new("RGB", size, "green")) for size in ((2 * f, 4 * f), (2 * f, 2 * f))]
+    reuse, full = [], []
+    for i, g in enumerate(gens):
+        p, crop = prompts[i // 2], crops[i % 2]
+        ids = p.ids + g.ids + _observation(pol, crop, "ok " * (i + 1))
+        reuse.append(Seq(ids, p.images + [crop], kv=g.kv))
+        full.append(Seq(ids, p.images + [crop]))
+    return reuse, full
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("greedy", [True, False])
+def test_reused_cache_equals_full_prefill(family, greedy, tiny_policies):
+    pol = tiny_policies[family]
+    prompts, gens = _first_turn(pol, greedy)
+    reuse, full = _second_turn_seqs(pol, prompts, gens)
+    pick = [3, 0, 2]  # a subset of the rows, out of order: as when only some rows called the tool
+    kw = dict(max_new_tokens=10, temperature=0 if greedy else 1.0)
+    a = pol.generate([reuse[i] for i in pick], generator=torch.Generator().manual_seed(5), **kw)
+    assert gens[0].kv.state.cache is None  # the reuse path ran: it took the first turn's cache
+    b = pol.generate([full[i] for i in pick], generator=torch.Generator().manual_seed(5), **kw)
+    _assert_same(a, b)
+    # and both are what a teacher-forced pass over the whole sequences computes
+    seqs = [Seq(full[i].ids + g.ids, full[i].images) for i, g in zip(pick, a)]
+    T = max(len(s.ids) for s in seqs)
+    mask, rec = torch.zeros(len(seqs), T, dtype=torch.long), torch.zeros(len(seqs), T)
+    for k, g in enumerate(a):
+        mask[k, T - len(g.ids):] = 1
+        rec[k, T - len(g.ids):] = torch.tensor(g.logprobs)
+    with torch.no_grad():
+        lp = pol.logprobs(seqs, mask)
+    assert torch.allclose(lp * mask, rec, atol=1e-5), ((lp - rec) * mask).abs().max()
+
+
+def test_used_or_mismatched_refs_fall_back_to_a_full_prefill(tiny_policies):
+    pol = tiny_policies["qwen2_5_vl"]
+    prompts, gens = _first_turn(pol, greedy=True)
+    reuse, full = _second_turn_seqs(pol, prompts, gens)
+    kw = dict(max_new_tokens=6, temperature=0)
+    a = pol.generate(reuse[:2], **kw)
+    b = pol.generate(reuse[2:], **kw)  # the state was taken by the call before: full prefill
+    c = pol.generate(full, **kw)
+    _assert_same(a + b, c)
+    prompts, gens = _first_turn(pol, greedy=True)
+    reuse, full = _second_turn_seqs(pol, prompts, gens)
+    edited = [Seq([reuse[0].ids[0] + 1] + reuse[0].ids[1:], reuse[0].images, kv=reuse[0].kv)]
+    _assert_same(pol.generate(edited, **kw), pol.generate([Seq(edited[0].ids, edited[0].images)], **kw))
+    assert gens[0].kv.state.cache is not None  # a ref that does not match is not used
+
+
+def _user_only(sample, cfg, family):
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+
+
+def test_continuing_exactly_the_cached_tokens(tiny_policies):
+    """A sequence that adds nothing to a row's cached tokens: its last token is fed again, same result."""
+    pol = tiny_policies["qwen3_vl"]
+    prompts, gens = _first_turn(pol, greedy=False)
+    rows = [0, 1]  # their caps ended them before the loop did: all their tokens were fed back
+    assert all(len(gens[i].kv.ids) == len(prompts[0].ids) + len(gens[i].ids) for i in rows)
+    reuse = [Seq(prompts[0].ids + gens[i].ids, prompts[0].images, kv=gens[i].kv) for i in rows]
+    full = [Seq(s.ids, s.images) for s in reuse]
+    kw = dict(max_new_tokens=6, temperature=1.0)
+    a = pol.generate(reuse, generator=torch.Generator().manual_seed(1), **kw)
+    assert gens[0].kv.state.cache is None
+    _assert_same(a, pol.generate(full, generator=torch.Generator().manual_seed(1), **kw))
+
+
+def _tool_engine(pol, reuse_kv):
+    cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=48, crop_min_pixels=4 * 28 * 28,
+                        crop_max_pixels=256 * 256, temperature=1.0, seed=3, reuse_kv=reuse_kv)
+    return RolloutEngine(pol, cfg, messages_fn=_user_only)
+
+
+def _samples():
+    return [SimpleNamespace(id=sid, images=[Image.new("RGB", size, (250, 250, 250))], question="What digit?",
+                            answer="7", answer_type="number", choices=None, meta={})
+            for size, sid in (((448, 448), "s0"), ((336, 448), "s1"))]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, tiny_policies):
+    """Turn 0 is decoded step by step (a crop call made certain), turn 1 samples for real: the trajectories with
+    KV reuse equal those with a full re-prefill, and teacher forcing reproduces turn 1's sampled log-probs."""
+    pol = tiny_policies[family]
+    box = "0, 0, 112, 112" if family == "qwen2_5_vl" else "0, 0, 500, 500"
+    call = pol.tokenizer.encode(CALL % box, add_special_tokens=False)
+    runs = []
+    for reuse_kv in (True, False):
+        with forced(pol.core.lm_head, call):
+            runs.append(_tool_engine(pol, reuse_kv).rollout(_samples(), group_size=3))
+    fast, slow = runs
+    assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in fast)
+    for a, b in zip(fast, slow):
+        assert a.ids == b.ids and a.response_mask == b.response_mask and a.turn_ids == b.turn_ids
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    seqs = [Seq(t.ids, t.vision) for t in fast]
+    T = max(len(s.ids) for s in seqs)
+    mask, rec = torch.zeros(len(fast), T, dtype=torch.long), torch.zeros(len(fast), T)
+    for k, t in enumerate(fast):
+        turn1 = [m and tid == 1 for m, tid in zip(t.response_mask, t.turn_ids)]
+        mask[k, T - len(t.ids):] = torch.tensor(turn1, dtype=torch.long)
+        rec[k, T - len(t.ids):] = torch.tensor(t.logprobs)
+    assert (mask.sum(1) > 0).all()
+    with torch.no_grad():
+        lp = pol.logprobs(seqs, mask)
+    assert torch.allclose(lp * mask, rec * mask, atol=1e-4), ((lp - rec) * mask).abs().max()
+
+
+# --------------------------------------------------------------------------- the decoding loop
+
+def _step_logits(pol, prompts, tokens, fused):
+    """Logits of a few decoding steps (the same tokens fed to every row) after a fresh prefill."""
+    with torch.inference_mode():
+        rows = pol._prefill(prompts, reserve=len(tokens))
+        step = DecodeStep(pol.core, rows.cache, int(rows.pos.min()), int(rows.pos.max()) + len(tokens), fused=fused)
+        valid, pos, out = rows.valid, rows.pos, []
+        for t in tokens:
+            valid = torch.cat([valid, torch.ones(len(prompts), 1, dtype=torch.bool)], dim=1)
+            out.append(step(torch.full((len(prompts),), t), pos, valid))
+            pos = pos + 1
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_decoding_step_equals_the_transformers_language_model(family, tiny_policies):
+    pol = tiny_policies[family]
+    assert can_fuse(pol.core.model.language_model, KVCache(1))
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
+    tokens = pol.tokenizer.encode("look at the top left", add_special_tokens=False)
+    fused, plain = (_step_logits(pol, prompts, tokens, fused=x) for x in (True, False))
+    assert torch.allclose(fused, plain, atol=1e-5), (fused - plain).abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_decoding_equals_transformers_generate(family, tiny_policies):
+    pol = tiny_policies[family]
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
+    ours = pol.generate(prompts, max_new_tokens=12, temperature=0)
+    batch = pol.collate(prompts)
+    batch.pop("position_ids")
+    with torch.no_grad():
+        out = pol.model.generate(**batch, do_sample=False, max_new_tokens=12, pad_token_id=pol.pad_token_id,
+                                 eos_token_id=pol.eos_token_ids, suppress_tokens=pol.banned_token_ids)
+    for g, row in zip(ours, out[:, batch["input_ids"].shape[1]:].tolist()):
+        assert g.ids == row[:len(g.ids)]
+
+
+def test_hf_dynamic_cache_fallback_gives_the_same_tokens(tiny_policies, monkeypatch):
+    """Models whose cache cannot be a KVCache (sliding-window layers) decode through the HF forward, no KV refs."""
+    from transformers import DynamicCache
+
+    pol = tiny_policies["qwen2_5_vl"]
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
+    fast = pol.generate(prompts, max_new_tokens=8, temperature=0)
+    monkeypatch.setattr(type(pol), "_new_cache", lambda self, reserve: DynamicCache(config=self.core.config))
+    slow = pol.generate(prompts, max_new_tokens=8, temperature=0)
+    _assert_same(fast, slow)
+    assert all(g.kv is None for g in slow) and all(g.kv is not None for g in fast)
+
+
+def test_multi_token_stop_string_stops_after_it(tiny_policies):
+    pol = tiny_policies["qwen2_vl"]
+    stop = "zoom region"
+    ids = pol.tokenizer.encode("look " + stop + " then", add_special_tokens=False)
+    assert len(pol.tokenizer.encode(stop, add_special_tokens=False)) > 1
+    with forced(pol.core.lm_head, ids * 2):  # the prefill's call and the decoding steps' calls
+        g = pol.generate([_prompt(pol, (56, 56), "Q")], max_new_tokens=len(ids), stop_strings=(stop,))[0]
+    assert g.finish == "stop" and pol.tokenizer.decode(g.ids).endswith(stop)
+
+
+def test_vision_tower_encodes_each_prompt_once_per_group(tiny_policies):
+    pol = tiny_policies["qwen2_5_vl"]
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 4 * f), "Q")]
+    seen = []
+    handle = pol.core.model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        pol.generate(prompts, max_new_tokens=3, num_samples=8, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert sum(seen) == sum(v.pixel_values.shape[0] for p in prompts for v in p.images)
+
+
+def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
+    from vlmrl.train.trainer import Trainer
+
+    pol = tiny_policies["qwen2_5_vl"]
+    f = pol.factor
+    seqs = [_prompt(pol, (2 * f, 2 * f), "Q " * k) for k in (5, 1, 9, 3)]
+    trajs = [SimpleNamespace(response_mask=[0] * (len(s.ids) - 3) + [1, 1, 1]) for s in seqs]
+    got = Trainer._no_grad_logprobs(None, pol, seqs, trajs, 1.0, chunk=2)
+    for s, t, row in zip(seqs, trajs, got):
+        with torch.no_grad():
+            one = pol.logprobs([s], torch.tensor([t.response_mask]))[0].tolist()
+        assert len(row) == len(s.ids) and torch.allclose(torch.tensor(row), torch.tensor(one), atol=1e-5)

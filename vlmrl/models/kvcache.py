@@ -1,0 +1,163 @@
+"""The sampling KV cache, and the handles that let a later turn of a rollout reuse it.
+
+- `KVCache`: a transformers `Cache` whose layers keep keys/values in preallocated buffers and write each new
+  token in place. (HF's `DynamicCache` concatenates the whole cache at every decoding step, which is the
+  largest per-step cost of small models on CPU.) Rows can be repeated (G samples of a prompt), selected and
+  compacted: `compact` copies, per kept row, the columns that hold its real tokens, right-aligned.
+- `KVState`: the cache one `Policy.generate` call ends with, plus which columns of each row hold real tokens.
+- `KVRef`: one row of a `KVState` and the tokens (and images) whose keys/values it holds. `Policy.generate`
+  returns one per sampled row (`Generation.kv`); a later call given `Seq(..., kv=ref)` whose ids extend
+  `ref.ids` prefills only the new tokens. A state is used once: the call that continues from it takes its
+  cache (a second use, or a ref that does not match, falls back to a full prefill, which gives the same
+  result, only slower). A ref is only valid for the weights that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+class BufferLayer(DynamicLayer):
+    """One layer's keys/values in [B, H, capacity, D] buffers; `keys`/`values` are views of the filled part."""
+
+    def __init__(self, reserve: int = 0):
+        super().__init__()
+        self.reserve = reserve  # spare columns to allocate beyond the first update (the decoding steps)
+        self.kbuf = self.vbuf = None
+        self.length = 0
+
+    def _set(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        """Fresh buffers of `capacity` columns holding `keys`/`values` [B, H, L, D] at the start."""
+        B, H, L, _ = keys.shape
+        self.kbuf = keys.new_empty((B, H, capacity, keys.shape[-1]))
+        self.vbuf = values.new_empty((B, H, capacity, values.shape[-1]))
+        self.kbuf[:, :, :L] = keys
+        self.vbuf[:, :, :L] = values
+        self.length = L
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.kbuf[:, :, :self.length]
+        self.values = self.vbuf[:, :, :self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = key_states.shape[-2]
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.is_initialized = True
+            self._set(key_states, value_states, n + self.reserve)
+            return self.keys, self.values
+        if self.length + n > self.kbuf.shape[2]:  # out of room: grow geometrically
+            self._set(self.keys, self.values, max(2 * self.kbuf.shape[2], self.length + n + self.reserve))
+        self.kbuf[:, :, self.length:self.length + n] = key_states
+        self.vbuf[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if self.is_initialized and tokens_to_remove:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._set(self.keys.repeat_interleave(repeats, 0), self.values.repeat_interleave(repeats, 0),
+                      self.kbuf.shape[2])
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._set(self.keys[indices], self.values[indices], self.kbuf.shape[2])
+
+    def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int) -> None:
+        """Keep `rows`; kept row j holds old row `rows[j]`'s column runs `runs[j]` ((start, length) pairs, in
+        order), right-aligned in `width` columns (the columns left of them are never attended)."""
+        H = self.keys.shape[1]
+        keys = self.kbuf.new_empty((len(rows), H, width + reserve, self.keys.shape[-1]))
+        values = self.vbuf.new_empty((len(rows), H, width + reserve, self.values.shape[-1]))
+        keys[:, :, :width] = 0  # masked slots must still be finite (0 * nan is nan in attention)
+        values[:, :, :width] = 0
+        for j, (r, row_runs) in enumerate(zip(rows, runs)):
+            dst = width - sum(n for _, n in row_runs)
+            for start, n in row_runs:
+                keys[j, :, dst:dst + n] = self.keys[r, :, start:start + n]
+                values[j, :, dst:dst + n] = self.values[r, :, start:start + n]
+                dst += n
+        self.kbuf, self.vbuf, self.length = keys, values, width
+        self._views()
+
+    def reset(self) -> None:
+        self.kbuf = self.vbuf = None
+        self.length = 0
+        super().reset()
+
+
+class KVCache(DynamicCache):
+    """A cache of `BufferLayer`s (full attention only), with `reserve` spare columns per layer."""
+
+    def __init__(self, num_layers: int, reserve: int = 0):
+        Cache.__init__(self, layers=[BufferLayer(reserve) for _ in range(num_layers)])
+
+    def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int = 0) -> None:
+        for layer in self.layers:
+            layer.compact(rows, runs, width, reserve)
+
+
+@dataclass
+class KVState:
+    """A cache after a generate call; `valid[i, c]` says whether column c of row i holds one of its tokens."""
+
+    cache: KVCache | None
+    valid: torch.Tensor  # [n, W] bool
+
+    def take(self) -> KVCache:
+        """Hand the cache over to the call that continues from it (a state is used once)."""
+        cache, self.cache = self.cache, None
+        return cache
+
+
+@dataclass
+class KVRef:
+    """Row `row` of `state` holds the keys/values of `ids` (whose images are `images`, in order); the token
+    after them has rope position `next_pos`."""
+
+    state: KVState = field(repr=False)
+    row: int
+    ids: list[int] = field(repr=False)
+    images: list = field(default_factory=list, repr=False)
+    next_pos: int = 0
+
+    def matches(self, ids: list[int], images: list) -> bool:
+        """Whether a sequence extends this row's tokens (same ids, the same image objects first)."""
+        n = len(self.ids)
+        return (self.state.cache is not None and len(ids) >= n and ids[:n] == self.ids
+                and len(images) >= len(self.images) and all(a is b for a, b in zip(images, self.images)))
+
+
+def compaction_runs(valid: torch.Tensor, keep: list[int]) -> tuple[list[list[tuple[int, int]]], torch.Tensor]:
+    """For each row of `valid` [n, W] (bool), its first `keep[i]` real columns as (start, length) runs, and the
+    mask [n, max(keep)] of the compacted layout (each row's kept columns right-aligned)."""
+    n, width = valid.shape[0], max(keep) if keep else 0
+    new_valid = torch.zeros((n, width), dtype=torch.bool, device=valid.device)
+    runs = []
+    for i, k in enumerate(keep):
+        cols = torch.nonzero(valid[i]).flatten()[:k].tolist()
+        if len(cols) < k:
+            raise ValueError(f"row {i} holds {len(cols)} tokens, not {k}")
+        row_runs: list[tuple[int, int]] = []
+        for c in cols:
+            if row_runs and row_runs[-1][0] + row_runs[-1][1] == c:
+                row_runs[-1] = (row_runs[-1][0], row_runs[-1][1] + 1)
+            else:
+                row_runs.append((c, 1))
+        runs.append(row_runs)
+        new_valid[i, width - k:] = True
+    return runs, new_valid
