@@ -1,0 +1,84 @@
+"""tools/bench/step.py: the step benchmark runs end to end at its smallest setting (no timing assertions).
+
+One step per case, 4 tokens, G=2, tiny model, cases in this process (`--in-process`) so the test starts fast;
+one more test drives a case through a worker process (the default mode of the full benchmark)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALLEST = ["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--new-tokens", "4", "--group-size", "2",
+            "--prompts", "1", "--rollout-repeats", "1", "--matmul-size", "256"]
+CASE_KEYS = ("times_s", "median_s", "min_s", "counts", "s_per_gen_token", "peak_rss_mb", "rss_baseline_mb",
+             "rss_over_baseline_mb", "model_flops", "flops_per_s", "fraction_of_matmul_peak")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_step", ROOT / "tools" / "bench" / "step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(args, out):
+    assert _load().main(SMALLEST + args + ["--out", str(out)]) == 0
+    report = json.loads((out / "step_bench.json").read_text())
+    assert (out / "step_bench.md").read_text().startswith("# Step benchmark")
+    return report
+
+
+def _check_case(name, x, gen_tokens):
+    assert "error" not in x, x.get("error")
+    for key in CASE_KEYS:
+        assert key in x, (name, key)
+    assert len(x["times_s"]) == 1 and x["median_s"] > 0
+    assert 0 < x["fraction_of_matmul_peak"] < 1, name  # a step cannot beat the measured matmul peak
+    assert x["peak_rss_mb"] >= x["rss_baseline_mb"] > 0
+    c = x["counts"]
+    assert c["rows"] == 2 and c["gen_tokens"] == gen_tokens, (name, c)
+    assert c["completion_tokens_min"] == c["completion_tokens_max"]  # every row runs its full budget
+
+
+@pytest.mark.timeout(120)
+def test_step_bench_vlmrl_side(tmp_path, capsys):
+    report = _run(["--no-trl", "--in-process"], tmp_path)
+    assert "## Targets" in capsys.readouterr().out
+    tiny = report["sizes"]["tiny"]
+    assert set(tiny["cases"]) == {"vlmrl_grpo", "vlmrl_papo", "dtpo_one_turn", "dtpo_two_turn"}
+    assert tiny["params"]["language"] > 0 and tiny["params"]["vision"] > 0
+    call = tiny["cases"]["dtpo_two_turn"]["counts"]["gen_tokens"] // 2 - 4  # forced call + 4 sampled per row
+    for name, x in tiny["cases"].items():
+        _check_case(name, x, 2 * 4 + (2 * call if name == "dtpo_two_turn" else 0))
+    assert call > 10 and tiny["cases"]["dtpo_two_turn"]["counts"]["turns"] == 2
+    assert tiny["cases"]["dtpo_two_turn"]["counts"]["valid_tool_calls"] == 2
+    papo = tiny["cases"]["vlmrl_papo"]["counts"]
+    assert papo["score_tokens"] == papo["train_tokens"]  # the masked-image pass scores every sequence again
+    assert tiny["rollout"]["results"]["engine_direct"]["tok_per_s"] > 0
+    names = {t["target"] for t in report["targets"]}
+    assert names == {"engine_over_generate_tok_per_s", "papo_over_grpo_step_time",
+                     "dtpo_two_over_one_turn_time_per_gen_token"}
+    assert all(t["value"] > 0 and t["value_from_min"] > 0 and isinstance(t["pass"], bool) for t in report["targets"])
+    m = report["machine"]
+    assert m["cpu_count"] >= 1 and m["matmul_fp32_flops"]["peak"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_step_bench_trl_side(tmp_path):
+    pytest.importorskip("trl")
+    report = _run(["--in-process", "--no-rollout", "--cases", "vlmrl_grpo,trl_grpo"], tmp_path)
+    tiny = report["sizes"]["tiny"]
+    for name in ("vlmrl_grpo", "trl_grpo"):
+        _check_case(name, tiny["cases"][name], 2 * 4)
+    assert tiny["ratios"]["equal_work_vs_trl"] is True  # same prompt tokens, completions and trained tokens
+    assert [t["target"] for t in report["targets"]] == ["vlmrl_over_trl_step_time"]
+
+
+@pytest.mark.timeout(120)
+def test_step_bench_worker_process(tmp_path):
+    report = _run(["--no-trl", "--no-rollout", "--cases", "vlmrl_grpo"], tmp_path)
+    x = report["sizes"]["tiny"]["cases"]["vlmrl_grpo"]
+    _check_case("vlmrl_grpo", x, 2 * 4)
+    assert report["config"]["in_process"] is False
