@@ -162,6 +162,8 @@ dist.all_gather(gathered, flat)
 if acc.is_main_process:
     same = all(torch.equal(gathered[0], g) for g in gathered[1:])
     print("RANKS_IDENTICAL", same, acc.num_processes)
+dist.barrier()
+dist.destroy_process_group()  # a rank leaving while gloo's threads still run can abort ("terminate called ...")
 """)
     env = dict(os.environ, VLMRL_NO_PROGRESS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     # On a CPU-only machine `--multi_gpu` starts torchrun workers that accelerate runs as MULTI_CPU (gloo);
