@@ -39,3 +39,15 @@ def tiny_policies(tiny_dirs):
             return pol
 
     return Pols()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models
+    run far faster on one CPU thread, with no oversubscription on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
+from procs import kill_when
 import torch
 
 from vlmrl.train.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
@@ -198,20 +198,7 @@ def test_sigkill_mid_save_leaves_previous_checkpoint(tiny_dirs, tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "saving-step-2"
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tiny_dirs["qwen2_vl"]), str(run_dir), str(marker)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"child exited early ({proc.returncode}): {proc.stdout.read().decode()[-2000:]}")
-            if time.time() > deadline:
-                pytest.fail("child never reached the step-2 save")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_when(proc, marker.exists, "the step-2 save", timeout=60)
     assert proc.returncode == -signal.SIGKILL
     root = run_dir / "checkpoints"
     leftovers = [p.name for p in root.iterdir() if p.name.startswith(".tmp-step-000002-")]

@@ -3,22 +3,15 @@ forced-prefix baselines through `vlmrl eval`, the per-need breakdown, and `vlmrl
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-import torch
 
 from vlmrl.cli import main
 from vlmrl.data.synthetic import (
     STRIPE_CHANNELS, ZoomConfig, ZoomScene, half_view, make_zoom_dataset, make_zoom_sample, render_scene)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ task options

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from procs import kill_when
 
 from vlmrl.cli import main
 from vlmrl.models.policy import Policy
@@ -114,19 +113,7 @@ def test_sigkill_mid_eval_resumes_without_redoing_or_losing_docs(zoom, model, tm
     env = dict(os.environ, VLMRL_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-c", _KILL_MID_EVAL, str(marker), *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"eval ended early: {proc.stderr.read().decode()[-2000:]}")
-            assert time.time() < deadline, "eval never reached the third doc"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_when(proc, marker.exists, "the third doc of the eval")
     assert [x["doc_id"] for x in _lines(out)] == [0, 1] and not (out / "results.json").exists()
     seen = []
     orig = RolloutEngine.rollout

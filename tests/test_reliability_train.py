@@ -9,14 +9,13 @@ import errno
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from procs import kill_when
 import torch
 from PIL import Image
 
@@ -241,19 +240,7 @@ def test_sigkill_during_a_training_checkpoint_then_resume(tiny_dirs, data, tmp_p
     proc = subprocess.Popen([sys.executable, "-c", _KILL_DURING_SAVE, str(marker), "train",
                              str(ROOT / "recipes" / "grpo.yaml"), *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before the step-2 save: {proc.stderr.read().decode()[-2000:]}")
-            assert time.time() < deadline, "the run never reached the step-2 save"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_when(proc, marker.exists, "the step-2 save")
     ckpts = part / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".tmp-")) == ["step-000001"]
     assert any(p.name.startswith(".tmp-step-000002-") for p in ckpts.iterdir())

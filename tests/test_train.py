@@ -2,13 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from procs import kill_when
 import torch
 from safetensors.torch import load_file
 
@@ -112,12 +111,7 @@ def test_kill_and_resume_matches_uninterrupted_run(assets, tmp_path):
     args = ["train", recipe, *overrides(assets, part, steps), "train.save_every=1"]
     proc = subprocess.Popen([sys.executable, "-m", "vlmrl.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (part / "checkpoints" / "step-000002").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before step 2"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, (part / "checkpoints" / "step-000002").is_dir, "step 2's checkpoint")
     r = _run_cli(args, env, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout
