@@ -300,3 +300,30 @@ def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
         with torch.no_grad():
             one = pol.logprobs([s], torch.tensor([t.response_mask]))[0].tolist()
         assert len(row) == len(s.ids) and torch.allclose(torch.tensor(row), torch.tensor(one), atol=1e-5)
+
+
+def test_first_turn_prefix_is_part_of_the_turn_and_keeps_the_cache(tiny_policies):
+    """`first_turn_prefix` (eval baselines): the forced text opens turn 0 with log-prob 0, the model writes the
+    rest, and turn 1 with the reused cache equals a full re-prefill."""
+    from dataclasses import replace
+
+    pol = tiny_policies["qwen2_5_vl"]
+    text = CALL % "0, 0, 112, 112"
+    cut = text.index("[")
+    prefix, rest = text[:cut], pol.tokenizer.encode(text[cut:], add_special_tokens=False)
+    n_prefix = len(pol.tokenizer.encode(prefix, add_special_tokens=False))
+    runs = []
+    for reuse_kv in (True, False):
+        eng = _tool_engine(pol, reuse_kv)
+        eng.cfg = replace(eng.cfg, first_turn_prefix=prefix)
+        with forced(pol.core.lm_head, rest):
+            runs.append(eng.rollout(_samples(), group_size=2))
+    fast, slow = runs
+    for t in fast:
+        assert t.turns[0] == text and len(t.turns) == 2 and t.tool_calls[0].valid
+        start = t.prompt_len
+        assert t.response_mask[start:start + n_prefix] == [1] * n_prefix
+        assert t.logprobs[start:start + n_prefix] == [0.0] * n_prefix
+    for a, b in zip(fast, slow):
+        assert a.ids == b.ids and a.response_mask == b.response_mask
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)

@@ -24,6 +24,8 @@ independent repetitions. Stages whose output exists are reused (delete OUT to st
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -60,9 +62,6 @@ def _eval(name: str, model: Path, out: Path, data: Path, cfg, prefix: str = "", 
                  "--crop-max-pixels", str(r.crop_max_pixels)]
     if prefix:
         argv += ["--prefix", prefix]
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # the table below says it all; results.json keeps it
         _cli(argv)
     return json.loads((out / name / "results.json").read_text())

@@ -299,12 +299,8 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
     crop = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels") if getattr(settings, k)}
     cfg = RolloutConfig(mode=settings.mode, max_turns=settings.max_turns, max_new_tokens=settings.max_new_tokens,
                         temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed,
-                        **crop)
+                        first_turn_prefix=settings.prefix, **crop)
     mfn = messages_fn_for(task)
-    if settings.prefix:
-        from vlmrl.rollout.scripted import PrefixedPolicy
-
-        policy = PrefixedPolicy(policy, settings.prefix)
     engine = RolloutEngine(policy, cfg, messages_fn=mfn)
     K = settings.samples
     bar = tqdm(total=len(docs), initial=len(done), desc=f"eval {task.name}", unit="doc", disable=not progress,
@@ -318,8 +314,6 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
             if not batch:
                 continue
             gen = torch.Generator().manual_seed(settings.seed + batch[0]["doc_id"])
-            if settings.prefix:
-                policy.start()
             trajs = engine.rollout(samples, group_size=K, generator=gen)
             filtered = {d["doc_id"]: [filtered_response(trajs[i * K + k].final_text) for k in range(K)]
                         for i, d in enumerate(batch)}

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from vlmrl.models.policy import Policy, Seq
+from vlmrl.models.policy import Generation, Policy, Seq
 from vlmrl.rollout import tool as crop_tool
 from vlmrl.rollout.trajectory import ToolCallRecord, TrajImage, Trajectory
 
@@ -44,6 +44,7 @@ class RolloutConfig:
     tool_name: str = crop_tool.DEFAULT_TOOL_NAME
     prompt_style: str = "full"  # "full", "compact" or "minimal" prompt templates
     seed: int = 0
+    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines)
     reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)
 
     def __post_init__(self):
@@ -123,7 +124,7 @@ class RolloutEngine:
                 prompts: list | None = None) -> list[Trajectory]:
         """G trajectories per sample, prompt-major (sample 0's G, then sample 1's, ...).
         `prompts`: the samples' `build_prompt` results when the caller already built them."""
-        cfg, pol = self.cfg, self.policy
+        cfg = self.cfg
         if generator is None:
             generator = torch.Generator().manual_seed(cfg.seed)
         if prompts is None:
@@ -144,9 +145,7 @@ class RolloutEngine:
             if not active:
                 break
             if turn == 0:
-                budget = [min(cfg.max_new_tokens, cfg.max_total_tokens - len(p[0].ids)) for p in prompts]
-                gens = pol.generate([p[0] for p in prompts], max_new_tokens=budget, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, stop_strings=stops, num_samples=group_size, generator=generator)
+                gens = self._first_turn([p[0] for p in prompts], group_size, stops, generator)
             else:
                 # each row's cache from the turn before goes with its history (None: full prefill)
                 seqs = [Seq(list(trajs[i].ids), trajs[i].vision, kv=kv.pop(i, None)) for i in active]
@@ -160,6 +159,25 @@ class RolloutEngine:
         for t in trajs:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)
         return trajs
+
+    def _first_turn(self, seqs: list[Seq], group_size: int, stops, generator):
+        """G samples per prompt, each starting with `first_turn_prefix` when one is set: the forced tokens are
+        part of the turn (log-prob 0.0), so its text, and a tool call in it, is what gets parsed; the cache covers
+        them too. A prefix that already holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
+        cfg, pol = self.cfg, self.policy
+        prefix = cfg.first_turn_prefix
+        cut = min((prefix.index(s) + len(s) for s in stops if s in prefix), default=None)
+        if cut is not None:
+            ids = self._encode(prefix[:cut])
+            return [Generation(list(ids), [0.0] * len(ids), "stop") for _ in range(len(seqs) * group_size)]
+        forced = self._encode(prefix) if prefix else []
+        seqs = [Seq(list(s.ids) + forced, s.images) for s in seqs] if forced else seqs
+        budget = [max(1, min(cfg.max_new_tokens - len(forced), cfg.max_total_tokens - len(s.ids))) for s in seqs]
+        gens = pol.generate(seqs, max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,
+                            stop_strings=stops, num_samples=group_size, generator=generator)
+        if forced:
+            gens = [Generation(forced + g.ids, [0.0] * len(forced) + g.logprobs, g.finish, kv=g.kv) for g in gens]
+        return gens
 
     def _generate_each(self, seqs, active, stops, generator):
         """Later turns: each trajectory has its own history; cap new tokens by its remaining length."""
