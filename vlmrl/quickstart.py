@@ -206,7 +206,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the model, data, demonstrations and sampling")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe of the SFT and DTPO stages")
     p.add_argument("--no-direct", action="store_true", help="skip the GRPO vs PAPO-G direct-task stage")
-    p.add_argument("--size", default="small", help="make-tiny size (default small; tiny for a smoke test)")
+    p.add_argument("--size", default="small", choices=("tiny", "small"), help="make-tiny size (default small; tiny for a smoke test)")
     p.add_argument("--n", type=int, default=DATA["n"], help=f"train samples (default {DATA['n']})")
     p.add_argument("--n-test", type=int, default=DATA["n_test"], help=f"held-out samples (default {DATA['n_test']})")
     p.add_argument("overrides", nargs="*", help="dotted recipe overrides for the SFT and DTPO stages, e.g. sft.steps=100")
