@@ -178,8 +178,10 @@ def step_counts(trajs, score_passes: int) -> dict:
     gen = sum(sum(t.response_mask) for t in trajs)
     train = sum(len(t.ids) for t in trajs)
     observed = sum(len(t.ids) - t.prompt_len - sum(t.response_mask) for t in trajs)  # tool observations
+    run = sum(prompts.values()) + sum(len(t.ids) - t.prompt_len for t in trajs)  # each prompt once per group
     return {"rows": len(trajs), "turns": max(len(t.turns) for t in trajs),
             "prompt_tokens": [prompts[k] for k in sorted(prompts)], "gen_tokens": gen, "train_tokens": train,
+            "train_run_tokens": run, "score_run_tokens": score_passes * run,
             "prefill_tokens": sum(prompts.values()) + observed, "score_tokens": score_passes * train,
             "completion_tokens_min": min(sum(t.response_mask) for t in trajs),
             "completion_tokens_max": max(sum(t.response_mask) for t in trajs),
@@ -470,17 +472,18 @@ def machine_info() -> dict:
 # =====================================================================================================================
 
 FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + T_score), N = language-model "
-                 "parameters (tied embedding/LM head counted once, vision tower excluded); T_train = tokens of the "
-                 "sequences the gradient pass runs over (prompt with image tokens + all turns, every row); T_gen = "
-                 "generated (policy) tokens; T_prefill = prompt tokens once per prompt + tool-observation tokens; "
-                 "T_score = tokens of no-grad scoring passes (PAPO's masked-image pass). Attention-score and "
-                 "vision-tower FLOPs are not counted.")
+                 "parameters (tied embedding/LM head counted once, vision tower excluded); T_train = tokens the "
+                 "gradient pass needs: each prompt (with its image tokens) once per group of G, plus every row's "
+                 "turns after it (train_run_tokens); T_gen = generated (policy) tokens; T_prefill = prompt tokens "
+                 "once per prompt + tool-observation tokens; T_score = tokens of no-grad scoring passes (PAPO's "
+                 "masked-image pass, T_train again: score_run_tokens). Attention-score and vision-tower FLOPs are not "
+                 "counted.")
 
 
 def model_flops(counts: dict, n_language: int) -> float:
     c = counts
-    return 6 * n_language * c["train_tokens"] + 2 * n_language * (c["prefill_tokens"] + c["gen_tokens"]
-                                                                  + c["score_tokens"])
+    return 6 * n_language * c["train_run_tokens"] + 2 * n_language * (c["prefill_tokens"] + c["gen_tokens"]
+                                                                      + c["score_run_tokens"])
 
 
 def summarize_case(raw: dict, n_language: int | None) -> dict:

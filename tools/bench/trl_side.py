@@ -113,6 +113,7 @@ class TrlCase:
         G = self.group_size
         counts = {"rows": len(prompt), "turns": 1, "prompt_tokens": prompt[::G],
                   "gen_tokens": sum(completion), "train_tokens": sum(prompt) + sum(completion),
+                  "train_run_tokens": sum(prompt[::G]) + sum(completion), "score_run_tokens": 0,
                   "prefill_tokens": sum(prompt[::G]), "score_tokens": 0,
                   "completion_tokens_min": min(completion), "completion_tokens_max": max(completion)}
         return {"time_s": self.gate.elapsed, "counts": counts}

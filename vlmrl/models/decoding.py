@@ -9,10 +9,11 @@ Two ways, the faster one whenever it applies:
 - fused (sdpa attention, a `KVCache`, Qwen2-VL / Qwen2.5-VL / Qwen3-VL text layers): the decoder layers written
   out as the transformers layers compute them (norm, q/k/v projections, Qwen3-VL's q/k norms, rotary,
   cache write, one grouped-query sdpa call, output projection, MLP), calling the model's own modules, so LoRA
-  adapters and any weights apply. The mask is the `valid` columns as they are, and rope cos/sin come from a
-  table the model's own rotary module filled for the positions the loop can reach (a decoded token's three
-  mrope components are equal, so the table is exact). This skips the per-step mask building, rope
-  recomputation and module wrappers of the HF forward; results are the HF layers' (tests/test_perf_kv.py).
+  adapters and any weights apply. The mask is the `valid` columns as they are (made additive once per step, not
+  once per layer), and rope cos/sin come from a table the model's own rotary module filled for the positions the
+  loop can reach (a decoded token's three mrope components are equal, so the table is exact). This skips the
+  per-step mask building, rope recomputation and module wrappers of the HF forward; results are the HF layers'
+  (tests/test_perf_kv.py).
 - otherwise: the HF language model with a 2-D mask and 3-D positions.
 """
 
@@ -37,11 +38,6 @@ def can_fuse(lm, cache) -> bool:
                     for layer in lm.layers))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class DecodeStep:
     def __init__(self, core, cache, pos_lo: int, pos_hi: int, fused: bool | None = None):
         """`core`: the transformers model (unwrapped); positions fed will lie in [pos_lo, pos_hi)."""
@@ -51,7 +47,10 @@ class DecodeStep:
             like = self.lm.embed_tokens.weight[:0]
             positions = torch.arange(pos_lo, pos_hi, device=like.device).view(1, 1, -1).expand(3, 1, -1)
             cos, sin = self.lm.rotary_emb(like, positions)
-            self.cos, self.sin, self.lo = cos[0].contiguous(), sin[0].contiguous(), pos_lo
+            # rotate_half(x) * sin == roll(x, d/2) * signed_sin with the first half of sin negated (exact)
+            half = sin.shape[-1] // 2
+            signed = torch.cat([-sin[0, ..., :half], sin[0, ..., half:]], dim=-1)
+            self.cos, self.sin, self.lo, self.half = cos[0].contiguous(), signed.contiguous(), pos_lo, half
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if not self.fused:
@@ -63,7 +62,9 @@ class DecodeStep:
         h = self.lm.embed_tokens(tok[:, None])  # [n, 1, hidden]
         idx = pos - self.lo
         rope = (self.cos[idx][:, None, None], self.sin[idx][:, None, None])  # [n, 1, 1, head_dim]
-        mask = valid[:, None, None, :]
+        # the additive mask sdpa would build from the boolean one in every layer, built once per step
+        mask = torch.zeros(valid.shape, dtype=h.dtype, device=h.device).masked_fill_(~valid, float("-inf"))
+        mask = mask[:, None, None, :]
         for i, layer in enumerate(self.lm.layers):
             h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), rope, mask)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
@@ -79,8 +80,8 @@ class DecodeStep:
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [n, heads, 1, d]
         cos, sin = rope
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + q.roll(self.half, -1) * sin
+        k = k * cos + k.roll(self.half, -1) * sin
         keys, values = self.cache.layers[i].update(k, v)  # [n, kv_heads, W, d]
         # grouped-query attention: the query heads of one kv head become that head's query rows
         out = F.scaled_dot_product_attention(q.reshape(n, keys.shape[1], -1, d), keys, values, attn_mask=mask,

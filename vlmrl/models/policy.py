@@ -3,7 +3,8 @@
 - `Policy.load(path)`: a local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (never the hub).
 - `encode_image(img)`: pixels + grid for an image already sized to the family's factor (see data.vision).
 - `collate(seqs)`: left-padded batch with `mm_token_type_ids` and explicit 3-D rope positions.
-- `logprobs(seqs, mask)`: teacher-forced per-token log-probs (and entropies) of the masked tokens.
+- `logprobs(seqs, mask)`: teacher-forced per-token log-probs (and entropies) of the masked tokens; with
+  `share_prefix=True`, rows that share a prompt (ids and images) run it once, with gradients.
 - `generate(prompts, ...)`: batched sampling with a KV cache; vision special tokens are never sampled.
 
 A `Seq` is a token-id list plus the `VisionInput`s of its image placeholders, in order. Every tensor the
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vlmrl.data.vision import FAMILY_PATCH, image_factor
 from vlmrl.models.decoding import DecodeStep
@@ -251,15 +251,22 @@ class Policy:
         return torch.log_softmax(logits, dim=-1)
 
     def logprobs(self, seqs: list[Seq], mask: torch.Tensor | None = None, temperature: float = 1.0,
-                 with_entropy: bool = False, batch: dict | None = None):
+                 with_entropy: bool = False, batch: dict | None = None, share_prefix: bool = False):
         """Per-token log-probs [B, T] of each token given the ones before it, at the masked positions
         (left-padded layout; 0 elsewhere); with `with_entropy`, also the full-distribution entropies.
         The LM head runs only from the first masked column on, so long prompts cost no vocabulary work.
-        Goes through `self.model(...)`, so DDP and peft wrappers see the forward pass."""
-        batch = batch if batch is not None else self.collate(seqs)
-        ids = batch["input_ids"]
+        Goes through `self.model(...)`, so DDP and peft wrappers see the forward pass.
+
+        `share_prefix`: rows that start with the same prompt (the same token ids and images) run it, and its
+        images, once (`_shared_prefix_logits`); the results and gradients are the single pass's, up to float
+        rounding. Without a caller's `batch` only; it falls back to the single pass where it cannot apply."""
+        if batch is None:
+            tokens = self._token_batch(seqs)
+            ids, attn = tokens["input_ids"].to(self.device), tokens["attention_mask"]
+        else:
+            ids, attn = batch["input_ids"], batch["attention_mask"]
         if mask is None:
-            mask = batch["attention_mask"].clone()
+            mask = attn.clone()
             mask[:, 0] = 0
         mask = mask.to(ids.device).bool()
         if mask[:, 0].any():
@@ -271,16 +278,123 @@ class Policy:
         if cols.numel() == 0:
             return (out, ent) if with_entropy else out
         first = int(cols[0])
-        logits = self.model(**batch, use_cache=False, logits_to_keep=T - first + 1).logits
-        sel = mask[:, first:]
+        shared = self._shared_prefix_logits(seqs, mask, T - first + 1) if share_prefix and batch is None else None
+        if shared is not None:
+            rows, logits = shared
+        else:
+            rows = torch.arange(len(ids), device=ids.device)
+            batch = batch if batch is not None else self.collate(seqs)
+            logits = self.model(**batch, use_cache=False, logits_to_keep=T - first + 1).logits
+        sel = mask[rows, first:]
         logp_all = self._logp_from_logits(logits[:, :-1][sel], temperature)
-        targets = ids[:, first:][sel]
-        out[:, first:][sel] = logp_all.gather(-1, targets[:, None]).squeeze(-1).to(out.dtype)
+        targets = ids[rows, first:][sel]
+        vals = torch.zeros(sel.shape, dtype=torch.float32, device=ids.device)
+        vals[sel] = logp_all.gather(-1, targets[:, None]).squeeze(-1).to(vals.dtype)
+        out[rows, first:] = vals
         if not with_entropy:
             return out
         p = logp_all.exp()
-        ent[:, first:][sel] = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
+        vals = torch.zeros_like(vals)
+        vals[sel] = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
+        ent[rows, first:] = vals
         return out, ent
+
+    def _can_share_prefix(self) -> bool:
+        """Whether `logprobs(share_prefix=True)` may run a prompt once for its rows. It runs the model twice per
+        backward pass and feeds the second pass the first one's KV cache, so it falls back to one pass under DDP
+        or a process group of several ranks (DDP's gradient hooks expect one forward per backward), with gradient
+        checkpointing (transformers drops the cache in training then), and for models with other than
+        full-attention layers (a sliding-window cache keeps only part of the prompt)."""
+        dist = torch.distributed
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return False
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return False
+        checkpointing = getattr(self.core, "is_activation_checkpointing", None)  # transformers >= 5.x's name
+        if checkpointing is None:
+            checkpointing = getattr(self.core, "is_gradient_checkpointing", False)
+        return not checkpointing and self._full_attention_only()
+
+    def _full_attention_only(self) -> bool:
+        cfg = self.core.config.get_text_config()
+        return set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+
+    def _shared_prefix_logits(self, seqs: list[Seq], mask: torch.Tensor, keep: int):
+        """The logits `logprobs` needs (the last `keep` columns of the left-padded layout) of the rows that have a
+        masked token, computed with each distinct prompt run once; (row indices, logits [n, keep, V]), or None
+        when sharing does not apply or would save nothing (then the caller runs its single pass).
+
+        A row's prompt is everything before the token that precedes its first masked token, so every scored
+        token and the logit that predicts it lie in the row's own part. Rows whose prompts have the same ids and
+        the same images (the same objects or equal pixels) form a group. One pass over the distinct prompts
+        (vision tower included) fills a KV cache with grad; the cache is indexed out to the rows (autograd sums
+        the rows' gradients back into the prompt's), and a second pass runs the rows' own parts, left padded,
+        with that cache attached, at the rope positions `_continuation_inputs` gives. Both parts are right
+        aligned, so the second pass's last columns are the single pass's."""
+        from transformers import DynamicCache
+
+        if not self._can_share_prefix():
+            return None
+        live = torch.nonzero(mask.any(1)).flatten().tolist()
+        if len(live) < 2:
+            return None
+        T = mask.shape[1]
+        prompts: list[Seq] = []  # the distinct prompts
+        parts, which = [], []  # each live row's own part, and its prompt's index
+        for b in live:
+            s = seqs[b]
+            cut = int(torch.nonzero(mask[b, T - len(s.ids):]).flatten()[0]) - 1
+            n_img = self._images_within(s, cut) if cut >= 1 else None
+            if n_img is None:  # no prompt, or the cut falls inside an image
+                return None
+            prompt = Seq(s.ids[:cut], s.images[:n_img])
+            g = next((j for j, p in enumerate(prompts) if _same_seq(p, prompt)), len(prompts))
+            if g == len(prompts):
+                prompts.append(prompt)
+            which.append(g)
+            parts.append(Seq(s.ids[cut:], s.images[n_img:]))
+        if len(prompts) == len(live):
+            return None
+        pre = self.collate(prompts)
+        idx = torch.tensor(which)
+        inputs = self._continuation_inputs(parts, start=pre["position_ids"].amax(dim=(0, 2)).cpu()[idx] + 1)
+        if inputs is None:
+            return None
+        idx = idx.to(self.device)
+        inputs["attention_mask"] = torch.cat([pre["attention_mask"][idx], inputs["attention_mask"]], dim=1)
+        cache = DynamicCache(config=self.core.config.get_text_config())
+        self.model(**pre, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_select_indices(idx)  # each row gets its prompt's keys and values (an autograd index)
+        logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+        return torch.tensor(live, device=self.device), logits
+
+    def _images_within(self, seq: Seq, n: int) -> int | None:
+        """How many of `seq`'s images lie in its first `n` tokens, or None when token n-1 or n splits one."""
+        tokens = seq.ids[:n].count(self.image_token_id)
+        total = 0
+        for k, v in enumerate(seq.images):
+            if total == tokens:
+                return k
+            total += v.num_tokens(self.merge)
+        return len(seq.images) if total == tokens else None
+
+    def _continuation_inputs(self, parts: list[Seq], start: torch.Tensor) -> dict | None:
+        """Model inputs for blocks of tokens that continue cached rows: `parts[i]` is what row i adds (its ids and
+        the images in them), `start[i]` [n] the rope position of its first token. Left padded, on the device.
+
+        Rope positions: `get_rope_index` of the part, shifted by `start`. Every position Qwen-VL's rope index
+        gives is the running position at its group's start plus an offset within the group, and the cached part
+        ends before an image or after one, never inside, so this is what a pass over the whole sequence gives
+        (tests/test_perf_kv.py and tests/test_perf_share.py check it against teacher forcing for the three
+        families). None when a part starts inside an image."""
+        if any(p.ids.count(self.image_token_id) != sum(v.num_tokens(self.merge) for v in p.images) for p in parts):
+            return None
+        block = self._token_batch(parts)
+        block["position_ids"] = self.rope_positions(block) + start.view(1, -1, 1)
+        images = [v for p in parts for v in p.images]
+        if images:
+            block["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
+        return {k: v.to(self.device) for k, v in block.items()}
 
     # ------------------------------------------------------------------ sampling
 
@@ -346,33 +460,24 @@ class Policy:
         """Prefill only what each prompt adds to the tokens its row's cache holds.
 
         The kept rows are compacted into a fresh cache (their real columns right-aligned), and the new tokens
-        fed as one left-padded block (so right-aligned; a shorter row's leading slots are masked holes).
-        Rope positions: `get_rope_index` of the new part, shifted to the row's next position. Every position
-        Qwen-VL's rope index gives is the running position at its group's start plus an offset within the
-        group, and the cached part ends with text, so this is what a pass over the whole sequence gives
-        (tests/test_perf_kv.py checks it against teacher forcing for the three families).
-        None when a row's new part would start inside an image (then the caller prefills in full)."""
-        dev = self.device
+        fed as one left-padded block (so right-aligned; a shorter row's leading slots are masked holes), at the
+        rope positions `_continuation_inputs` gives. None when a row's new part would start inside an image
+        (then the caller prefills in full)."""
         keep = [min(len(r.ids), len(p.ids) - 1) for r, p in zip(refs, prompts)]  # >= 1 new token per row
         parts = [Seq(p.ids[k:], p.images[len(r.images):]) for p, r, k in zip(prompts, refs, keep)]
-        if any(p.ids.count(self.image_token_id) != sum(v.num_tokens(self.merge) for v in p.images) for p in parts):
-            return None
-        block = self._token_batch(parts)  # [n, K], left padded
         start = torch.tensor([r.next_pos - (len(r.ids) - k) for r, k in zip(refs, keep)])
-        positions = self.rope_positions(block) + start.view(1, -1, 1)
+        inputs = self._continuation_inputs(parts, start)
+        if inputs is None:
+            return None
         state = refs[0].state
         rows = [r.row for r in refs]
         runs, valid = compaction_runs(state.valid[rows].cpu(), keep)
         cache = state.take()
-        cache.compact(rows, runs, max(keep), reserve=block["input_ids"].shape[1] + reserve)
-        valid = torch.cat([valid, block["attention_mask"].bool()], dim=1).to(dev)
-        inputs = dict(block, attention_mask=valid.long(), position_ids=positions)
-        images = [v for p in parts for v in p.images]
-        if images:
-            inputs["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
-        inputs = {k: v.to(dev) for k, v in inputs.items()}
+        cache.compact(rows, runs, max(keep), reserve=inputs["input_ids"].shape[1] + reserve)
+        valid = torch.cat([valid.to(self.device), inputs["attention_mask"].bool()], dim=1)
+        inputs["attention_mask"] = valid.long()
         logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        pos = positions.amax(dim=(0, 2)).to(dev) + 1
+        pos = inputs["position_ids"].amax(dim=(0, 2)) + 1
         return _Rows(cache, logits, pos, valid, [(p.ids, p.images) for p in prompts])
 
     def _decode(self, rows: _Rows, caps: list[int], temperature: float, top_p: float, stop_strings,
@@ -446,6 +551,13 @@ class Policy:
             else:
                 text.append(s)
         return ids, tuple(text)
+
+
+def _same_seq(a: Seq, b: Seq) -> bool:
+    """Same token ids and the same images (the same objects, or equal grids and pixels)."""
+    return a.ids == b.ids and len(a.images) == len(b.images) and all(
+        x is y or (x.grid_thw == y.grid_thw and torch.equal(x.pixel_values, y.pixel_values))
+        for x, y in zip(a.images, b.images))
 
 
 def sample_tokens(logp: torch.Tensor, top_p: float = 1.0, greedy: bool = False,

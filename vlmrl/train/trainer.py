@@ -9,7 +9,9 @@ One step, top to bottom (`Trainer.step`):
    teacher-forced pass), so no extra pass; a reference pass only when `kl_coef > 0`; a masked-image pass
    only for PAPO;
 5. updates: the batch is split into mini-batches (one optimizer step each) and micro-batches (gradient
-   accumulation); loss weights are computed per mini-batch so accumulation is exact.
+   accumulation); loss weights are computed per mini-batch so accumulation is exact. A group's rows share a
+   micro-batch where its size allows, and the log-prob passes run their common prompt (and its images) once
+   (`train.share_prompt`, `Policy.logprobs(share_prefix=True)`).
 
 Groups of G stay on one process, so advantages need no communication; accelerate (DDP) averages grads.
 """
@@ -45,6 +47,15 @@ def left_pad(rows: list[list[float]], value: float = 0.0, dtype=torch.float32) -
         if r:
             out[i, T - len(r):] = torch.as_tensor(r, dtype=dtype)
     return out
+
+
+def micro_batches(idx: list[int], lengths: list[int], size: int, group_size: int = 0) -> list[list[int]]:
+    """Split the trajectories `idx` into batches of at most `size`, as positions in `idx` (row `idx[k]` has
+    `lengths[idx[k]]` tokens). Sorted by length, so a batch pads little; with `group_size` (rows are groups of
+    that many consecutive trajectories, as rollouts return them), sorted by group first, so a group's rows share a
+    batch and its prompt runs once (Policy.logprobs share_prefix) where the batch size allows."""
+    order = sorted(range(len(idx)), key=lambda k: (idx[k] // group_size if group_size > 0 else 0, lengths[idx[k]]))
+    return [order[s:s + size] for s in range(0, len(order), size)]
 
 
 def rollout_config(cfg: Config) -> RolloutConfig:
@@ -270,8 +281,7 @@ class Trainer:
                     continue
                 weights = self._loss_weights(trajs, masks, idx)
                 n_tok = sum(sum(masks[i]) for i in idx)
-                idx_sorted = sorted(range(len(idx)), key=lambda k: len(trajs[idx[k]].ids))  # padding-aware
-                chunks = [idx_sorted[s:s + micro] for s in range(0, len(idx_sorted), micro)]
+                chunks = micro_batches(idx, [len(t.ids) for t in trajs], micro, self._share_groups())
                 for c, chunk in enumerate(chunks):
                     rows = [idx[k] for k in chunk]
                     sync = c == len(chunks) - 1
@@ -300,7 +310,8 @@ class Trainer:
         seqs = [Seq(trajs[i].ids, trajs[i].vision) for i in rows]
         mask = left_pad([masks[i] for i in rows], 0, torch.long)
         dev = pol.device
-        logp, ent = pol.logprobs(seqs, mask.to(dev), temperature=temp, with_entropy=True)  # entropy is logged
+        share = self.cfg.train.share_prompt  # each group's prompt runs once (see Policy.logprobs)
+        logp, ent = pol.logprobs(seqs, mask.to(dev), temperature=temp, with_entropy=True, share_prefix=share)
         old = left_pad([trajs[i].logprobs for i in rows]).to(dev)
         adv = left_pad([advs[i] for i in rows]).to(dev)
         w = left_pad(weights).to(dev)
@@ -308,7 +319,7 @@ class Trainer:
         per_tok, m = algos.token_policy_loss(logp, old, adv, maskd, a.clip_low, a.clip_high, a.dual_clip, level)
         pg = (per_tok * w).sum()
         loss = pg
-        share = float(maskd.sum()) / max(1, n_tok)  # token-mean terms: exact over micro-batches
+        frac = float(maskd.sum()) / max(1, n_tok)  # token-mean terms: exact over micro-batches
         out = {"loss/pg": pg.item(), "clip/low": float(m["clip_frac_low"]), "clip/high": float(m["clip_frac_high"]),
                "clip/dual": float(m["dual_clip_frac"]), "entropy/policy": float(algos.masked_mean(ent.detach(), maskd))}
         if a.kl_coef > 0:
@@ -324,15 +335,15 @@ class Trainer:
             p = a.papo
             mseqs = [Seq(trajs[i].ids, extras["masked_vision"][i]) for i in rows]
             if p.masked_grad:
-                mlogp = pol.logprobs(mseqs, maskd, temperature=temp)
+                mlogp = pol.logprobs(mseqs, maskd, temperature=temp, share_prefix=share)
             else:
                 mlogp = left_pad([extras["masked"][i] for i in rows]).to(dev)
-            pkl = algos.perception_kl(logp, mlogp, maskd) * share
+            pkl = algos.perception_kl(logp, mlogp, maskd) * frac
             loss = loss - p.gamma * pkl
-            out["perception_kl"], out["loss/perception"] = pkl.item() / max(share, 1e-8), -(p.gamma * pkl).item()
+            out["perception_kl"], out["loss/perception"] = pkl.item() / max(frac, 1e-8), -(p.gamma * pkl).item()
             out["entropy/masked"] = float(-algos.masked_mean(mlogp.detach(), maskd))
             if p.eta1 or p.eta2:
-                de = algos.double_entropy(logp, mlogp, maskd, p.eta1, p.eta2) * share
+                de = algos.double_entropy(logp, mlogp, maskd, p.eta1, p.eta2) * frac
                 loss = loss + de
                 out["loss/double_entropy"] = de.item()
         out["loss/total"] = loss.item()
@@ -364,14 +375,14 @@ class Trainer:
         times["time/old_logp"] = 0.0  # the sampling-time log-probs are the old log-probs
         if self.ref is not None:
             t2 = time.perf_counter()
-            extras["ref"] = self._no_grad_logprobs(self.ref, seqs, trajs, temp)
+            extras["ref"] = self._no_grad_logprobs(self.ref, seqs, trajs, temp, group_size=self._share_groups())
             times["time/ref_logp"] = time.perf_counter() - t2
         if a.papo.enabled:
             t3 = time.perf_counter()
             extras["masked_vision"] = self._masked_vision(trajs)
             if not a.papo.masked_grad:
                 mseqs = [Seq(t.ids, v) for t, v in zip(trajs, extras["masked_vision"])]
-                extras["masked"] = self._no_grad_logprobs(pol, mseqs, trajs, temp)
+                extras["masked"] = self._no_grad_logprobs(pol, mseqs, trajs, temp, group_size=self._share_groups())
             times["time/masked_logp"] = time.perf_counter() - t3
         t4 = time.perf_counter()
         upd = self.update(trajs, advs, masks, extras)
@@ -402,15 +413,19 @@ class Trainer:
         self.step_idx += 1
         return metrics, trajs
 
-    def _no_grad_logprobs(self, policy, seqs, trajs, temp, chunk: int = 16) -> list[list[float]]:
-        """Teacher-forced log-probs per trajectory, in chunks of similar lengths (little padding)."""
+    def _share_groups(self) -> int:
+        """The group size whose rows share a prompt in the log-prob passes (train.share_prompt), else 0."""
+        return self.cfg.rollout.group_size if self.cfg.train.share_prompt else 0
+
+    def _no_grad_logprobs(self, policy, seqs, trajs, temp, chunk: int = 16, group_size: int = 0) -> list[list[float]]:
+        """Teacher-forced log-probs per trajectory, in chunks of similar lengths (little padding); with
+        `group_size`, a group's rows stay together and share their prompt's pass (see `micro_batches`)."""
         out: list = [None] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
         with torch.no_grad():
-            for s in range(0, len(order), chunk):
-                rows = order[s:s + chunk]
+            for rows in micro_batches(list(range(len(seqs))), [len(s.ids) for s in seqs], chunk, group_size):
                 mask = left_pad([trajs[i].response_mask for i in rows], 0, torch.long)
-                lp = policy.logprobs([seqs[i] for i in rows], mask.to(policy.device), temperature=temp).cpu()
+                lp = policy.logprobs([seqs[i] for i in rows], mask.to(policy.device), temperature=temp,
+                                     share_prefix=group_size > 0).cpu()
                 for k, i in enumerate(rows):
                     out[i] = lp[k, lp.shape[1] - len(seqs[i].ids):].tolist()
         return out
