@@ -230,13 +230,13 @@ class Trainer:
 
     def _masked_vision(self, trajs):
         """PAPO: one randomly patch-masked copy of every image, shared by the G samples of a prompt."""
-        p, pol = self.cfg.algo.papo, self.policy
+        p, pol, G = self.cfg.algo.papo, self.policy, self.cfg.rollout.group_size
         cache = {}
         out = []
-        for t in trajs:
+        for i, t in enumerate(trajs):  # consecutive groups of G (t.prompt_index restarts per resampling try)
             vis = []
             for j, im in enumerate(t.images):
-                key = (t.prompt_index, j) if im.kind == "input" else (id(t), j)
+                key = (i // G, j) if im.kind == "input" else (id(t), j)
                 if key not in cache:
                     masked = algos.random_patch_mask(im.image, p.patch_size, p.mask_prob, generator=self.mask_gen)
                     cache[key] = pol.encode_image(masked)
