@@ -37,6 +37,34 @@ def test_corners_layout_puts_the_tag_in_a_corner_window():
         assert w is not None and (w[0], w[1]) in corners, (i, row["meta"]["tag_box"], w)
 
 
+def test_striped_tag_size_erased_at_half_resolution_with_one_phase():
+    import numpy as np
+
+    cfg = ZoomConfig(categories=("big_color", "tag_color"), tag_layout="corners", tag_size=40)
+    for i in range(12):
+        _, row = make_zoom_sample(0, i, "train", cfg)
+        scene = ZoomScene.from_dict(row["meta"]["scene"])
+        assert scene.tag_size == 40 and scene.stripe in STRIPE_CHANNELS  # every scene has a coloured tag
+        x1, y1, x2, y2 = row["meta"]["tag_box"]
+        assert (x2 - x1, y2 - y1) == (44, 44)  # 40 px of stripes + the 2-px plate margin
+        full = [render_scene(replace(scene, stripe=c)) for c in STRIPE_CHANNELS]
+        half = {half_view(im).tobytes() for im in full}
+        assert len({im.tobytes() for im in full}) == 4 and len(half) == 1
+    # hand-computed row: the kernel (1, -3, 3, -1) * 10 laid every 2 px -> 10, -30, 40, -40, ..., 30, -10,
+    # in the red channel only for a red tag, on the 128 plate; odd columns are the + ones
+    red = replace(scene, stripe="red")
+    a = np.asarray(render_scene(red)).astype(int)
+    gx, gy = red.glyph_xy
+    assert gx % 2 == 1
+    assert list(a[gy + 3, gx:gx + 6, 0] - 128) == [10, -30, 40, -40, 40, -40]
+    assert list(a[gy + 3, gx + 34:gx + 40, 0] - 128) == [40, -40, 40, -40, 30, -10]
+    assert (a[gy:gy + 40, gx:gx + 40, 1:] == 128).all()
+    with pytest.raises(ValueError, match="only tag question is tag_color"):
+        ZoomConfig(categories=("tag_digit",), tag_size=40)
+    with pytest.raises(ValueError, match="tag size must be even"):
+        ZoomConfig(categories=("tag_color",), tag_size=41)
+
+
 def test_symbols_restrict_the_tag_alphabet(tmp_path):
     info = make_zoom_dataset(tmp_path, n=40, n_test=0, seed=0,
                              config=ZoomConfig(categories=("tag_digit",), symbols=("1", "7")))
@@ -53,7 +81,7 @@ def test_symbols_restrict_the_tag_alphabet(tmp_path):
 def test_default_dataset_is_unchanged_by_the_new_options():
     # no stripe key in the scene of ordinary rows, so datasets written before stay byte-identical
     _, row = make_zoom_sample(0, 0, "train")
-    assert "stripe" not in row["meta"]["scene"]
+    assert "stripe" not in row["meta"]["scene"] and "tag_size" not in row["meta"]["scene"]
 
 
 # ------------------------------------------------------------------ SFT boxes
@@ -72,6 +100,15 @@ def test_grid_window_hand_computed():
     assert seen_box((100, 10, 120, 30), (224, 224), (112, 112), "absolute", grid=True) == [28, 0, 84, 56]
     assert seen_box((100, 10, 120, 30), (224, 224), (112, 112), "rel1000", grid=True) == [250, 0, 750, 500]
     assert seen_box((100, 10, 120, 30), (224, 224), (112, 112), "absolute") == [48, 2, 62, 18]  # tight
+    # snap: padded (160, 161, 224, 224) widened to multiples of 28 original pixels -> (140, 140, 224, 224),
+    # an 84x84 crop kept pixel for pixel; halved on the 112-pixel first view
+    assert seen_box((171, 172, 215, 216), (224, 224), (112, 112), "absolute", snap=28) == [70, 70, 112, 112]
+
+
+def test_fixed_layout_keeps_the_tag_in_one_place():
+    cfg = ZoomConfig(categories=("big_color", "tag_color"), tag_layout="fixed", tag_size=40)
+    boxes = {tuple(make_zoom_sample(2, i, "train", cfg)[1]["meta"]["tag_box"]) for i in range(15)}
+    assert boxes == {(171, 172, 215, 216)}  # bottom-right, 8 px from the edges, glyph x odd
 
 
 # ------------------------------------------------------------------ minimal prompt
@@ -85,6 +122,19 @@ def test_minimal_prompt_is_short_and_declares_the_call():
     assert tm[1]["content"][-1]["text"] == "What color?"
     dm = direct_messages(question="What color?", choices=["red", "blue"], num_images=1, style="minimal")
     assert [m["role"] for m in dm] == ["user"] and dm[0]["content"][-1]["text"] == "What color?\nA. red\nB. blue"
+
+
+def test_bare_prompt_is_the_question_alone(tiny_dirs):
+    from vlmrl.data.prompts import direct_messages, tool_messages
+    from vlmrl.models.policy import Policy
+
+    for msgs in (tool_messages(question="What color?", num_images=1, style="bare"),
+                 direct_messages(question="What color?", num_images=1, style="bare")):
+        assert msgs[0] == {"role": "system", "content": ""}  # present, so no template default is added
+        assert msgs[1]["content"] == [{"type": "image"}, {"type": "text", "text": "What color?"}]
+    tok = Policy.load(tiny_dirs["qwen2_5_vl"]).processor.tokenizer
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert "helpful" not in text and text.startswith("<|im_start|>system\n<|im_end|>")
 
 
 # ------------------------------------------------------------------ eval: prefixes and breakdown

@@ -85,7 +85,12 @@ CATEGORIES = {
 }
 # tag_color: the tag's glyph area is striped with the emboss pattern in the colour's channels only
 STRIPE_CHANNELS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
-TAG_LAYOUTS = ("anywhere", "corners")  # corners: the tag sits near one of the 4 corners (coarse location)
+# --tag-size N: every tag is an N-px square of 1-px vertical stripes in the tag colour's channels (the
+# emboss kernel laid every 2 px: interior columns +-4 * STRIPE_UNIT, tapered ends), erased exactly at half
+# resolution like the glyph, but covering many vision patches with one phase: much easier to learn to read.
+STRIPE_UNIT = 10
+# corners: the tag sits near one of the 4 corners (coarse location); fixed: always in the bottom-right corner
+TAG_LAYOUTS = ("anywhere", "corners", "fixed")
 DEFAULT_CATEGORIES = ("big_color", "big_shape", "big_count", "tag_digit", "tag_digit_choice", "tag_letter")
 TASKS = ("zoom",)
 
@@ -108,10 +113,11 @@ class ZoomScene:
     symbol: str
     style: str = "emboss"
     stripe: str = ""  # tag_color scenes: the stripe colour (the glyph is not drawn)
+    tag_size: int = 0  # > 0: the striped area is this many px square (every scene, see --tag-size)
 
     @property
     def tag_box(self) -> tuple[int, int, int, int]:
-        gw, gh = glyph_size(self.style)
+        gw, gh = (self.tag_size, self.tag_size) if self.tag_size else glyph_size(self.style)
         x, y = self.glyph_xy
         return (x - TAG_MARGIN, y - TAG_MARGIN, x + gw + TAG_MARGIN, y + gh + TAG_MARGIN)
 
@@ -121,6 +127,8 @@ class ZoomScene:
         d["glyph_xy"] = list(self.glyph_xy)
         if not self.stripe:
             del d["stripe"]
+        if not self.tag_size:
+            del d["tag_size"]
         return d
 
     @classmethod
@@ -128,7 +136,7 @@ class ZoomScene:
         return cls(width=int(d["width"]), height=int(d["height"]),
                    shapes=tuple(Shape(s["kind"], s["color"], tuple(s["box"])) for s in d["shapes"]),
                    glyph_xy=tuple(d["glyph_xy"]), symbol=str(d["symbol"]), style=d.get("style", "emboss"),
-                   stripe=d.get("stripe", ""))
+                   stripe=d.get("stripe", ""), tag_size=int(d.get("tag_size", 0)))
 
 
 @dataclass
@@ -138,7 +146,8 @@ class ZoomConfig:
     detail_style: str = "emboss"
     categories: tuple[str, ...] = DEFAULT_CATEGORIES  # tag_color only when asked for
     symbols: tuple[str, ...] = ()  # restrict tag symbols to this subset of DIGITS + LETTERS (() = all)
-    tag_layout: str = "anywhere"  # anywhere | corners (near one of the 4 corners: an easy box to find)
+    tag_layout: str = "anywhere"  # anywhere | corners (near one of the 4 corners: an easy box) | fixed
+    tag_size: int = 0  # 0: a glyph-sized tag; N: every tag an N-px striped square (tag_color only)
 
     def __post_init__(self) -> None:
         w, h = self.image_size
@@ -157,6 +166,11 @@ class ZoomConfig:
             raise ValueError(f"unknown tag layout {self.tag_layout!r}; expected one of {TAG_LAYOUTS}")
         if "tag_color" in self.categories and self.detail_style != "emboss":
             raise ValueError("tag_color questions need the emboss detail style (stripes erased at half resolution)")
+        if self.tag_size:
+            if set(self.categories) - {"big_color", "big_shape", "big_count", "tag_color"}:
+                raise ValueError("--tag-size makes every tag a striped square: the only tag question is tag_color")
+            if not 8 <= self.tag_size <= min(w, h) // 4 or self.tag_size % 2:
+                raise ValueError(f"tag size must be even and in [8, {min(w, h) // 4}] px, got {self.tag_size}")
         self.symbols = tuple(self.symbols)
         bad = [c for c in self.symbols if c not in GLYPHS]
         if bad:
@@ -217,6 +231,9 @@ def render_scene(scene: ZoomScene) -> Image.Image:
                     draw.point((gx + q, gy + r), fill=ink)
         return im
     arr = np.asarray(im).astype(np.int16)
+    if scene.tag_size:
+        _draw_stripes(arr, gx, gy, scene.tag_size, STRIPE_CHANNELS[scene.stripe])
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
     patch = EMBOSS_AMPLITUDE * np.asarray(EMBOSS_KERNEL, dtype=np.int16)
     channels = list(STRIPE_CHANNELS[scene.stripe]) if scene.stripe else [0, 1, 2]
     for r, bits in enumerate(glyph):
@@ -226,6 +243,16 @@ def render_scene(scene: ZoomScene) -> Image.Image:
                 for c in channels:
                     arr[y0:y0 + ch, x0:x0 + cw, c] += patch[None, :]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _draw_stripes(arr: np.ndarray, x: int, y: int, size: int, channels) -> None:
+    """Add the emboss kernel, starting every 2 px over `size` columns from x (odd), to the channels.
+    Each copy is erased by a 2x BICUBIC downscale, so their sum (1-px stripes) is too."""
+    row = np.zeros(size, dtype=np.int16)
+    for k in range(0, size - 3, 2):
+        row[k:k + 4] += np.asarray(EMBOSS_KERNEL, dtype=np.int16) * STRIPE_UNIT
+    for c in channels:
+        arr[y:y + size, x:x + size, c] += row[None, :]
 
 
 def half_view(image: Image.Image) -> Image.Image:
@@ -242,11 +269,14 @@ def _overlaps(a, b, gap: int) -> bool:
 
 
 def _tag_spots(rng: random.Random, w: int, h: int, gw: int, gh: int, layout: str):
-    """Candidate glyph positions: uniform anywhere, or near a corner (a random corner, jittered)."""
+    """Candidate glyph positions: uniform anywhere, near a corner (a random corner, jittered), or fixed
+    (the bottom-right corner)."""
     lo_x, hi_x = EDGE_MARGIN + TAG_MARGIN, w - EDGE_MARGIN - TAG_MARGIN - gw
     lo_y, hi_y = EDGE_MARGIN + TAG_MARGIN, h - EDGE_MARGIN - TAG_MARGIN - gh
     for _ in range(200):
-        if layout == "corners":
+        if layout == "fixed":
+            gx, gy = hi_x, hi_y
+        elif layout == "corners":
             jx, jy = rng.randint(0, max(0, w // 8 - EDGE_MARGIN)), rng.randint(0, max(0, h // 8 - EDGE_MARGIN))
             gx = lo_x + jx if rng.random() < 0.5 else hi_x - jx
             gy = lo_y + jy if rng.random() < 0.5 else hi_y - jy
@@ -255,13 +285,14 @@ def _tag_spots(rng: random.Random, w: int, h: int, gw: int, gh: int, layout: str
         yield gx, gy
 
 
-def _sample_layout(rng: random.Random, w: int, h: int, n_shapes: int, style: str, layout: str = "anywhere"):
+def _sample_layout(rng: random.Random, w: int, h: int, n_shapes: int, style: str, layout: str = "anywhere",
+                   tag_size: int = 0):
     m = min(w, h)
     if n_shapes == 1:
         lo, hi = int(0.30 * m), int(0.45 * m)
     else:
         lo, hi = int(0.17 * m), int(0.25 * m)
-    gw, gh = glyph_size(style)
+    gw, gh = (tag_size, tag_size) if tag_size else glyph_size(style)
     tw, th = gw + 2 * TAG_MARGIN, gh + 2 * TAG_MARGIN
     for _ in range(100):
         boxes = []
@@ -305,7 +336,7 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
         n_shapes = 1
     else:
         n_shapes = rng.randint(1, 3)
-    boxes, glyph_xy = _sample_layout(rng, w, h, n_shapes, cfg.detail_style, cfg.tag_layout)
+    boxes, glyph_xy = _sample_layout(rng, w, h, n_shapes, cfg.detail_style, cfg.tag_layout, cfg.tag_size)
     shapes = tuple(Shape(rng.choice(SHAPES), rng.choice(sorted(COLORS)), box) for box in boxes)
     if cat == "tag_letter":
         symbol = rng.choice(cfg.pool(LETTERS))
@@ -313,8 +344,8 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
         symbol = rng.choice(cfg.pool(DIGITS))
     else:
         symbol = rng.choice(cfg.pool(DIGITS + LETTERS))
-    stripe = rng.choice(sorted(STRIPE_CHANNELS)) if cat == "tag_color" else ""
-    scene = ZoomScene(w, h, shapes, glyph_xy, symbol, cfg.detail_style, stripe)
+    stripe = rng.choice(sorted(STRIPE_CHANNELS)) if cat == "tag_color" or cfg.tag_size else ""
+    scene = ZoomScene(w, h, shapes, glyph_xy, symbol, cfg.detail_style, stripe, cfg.tag_size)
 
     choices = None
     if cat == "big_color":
@@ -388,6 +419,7 @@ def make_zoom_dataset(out_dir: str | Path, n: int = 200, n_test: int = 50, seed:
         "detail_style": cfg.detail_style,
         "symbols": "".join(cfg.pool(DIGITS + LETTERS)),
         "tag_layout": cfg.tag_layout,
+        **({"tag_size": cfg.tag_size} if cfg.tag_size else {}),
         "categories": {c: {"needs_zoom": CATEGORIES[c][0], "answer_type": CATEGORIES[c][1],
                            "question": CATEGORIES[c][2]} for c in cfg.categories},
         "counts": counts,
@@ -429,7 +461,11 @@ def add_args(parser) -> None:
                         help="restrict the tag symbols to these characters, e.g. 0147 (default: all digits and "
                              f"letters {''.join(GLYPHS)})")
     parser.add_argument("--tag-layout", default="anywhere", choices=TAG_LAYOUTS,
-                        help="where the tag goes: anywhere (default) or near one of the 4 corners")
+                        help="where the tag goes: anywhere (default), near one of the 4 corners, or fixed "
+                             "(always the bottom-right corner: the box to crop never changes)")
+    parser.add_argument("--tag-size", type=int, default=0,
+                        help="N > 0: every tag is an N-px square of 1-px stripes in the tag colour (erased at half "
+                             "resolution, easy to read after a crop); only with tag_color among the tag questions")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
 
 
@@ -452,7 +488,7 @@ def run(args) -> int:
         cats = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else DEFAULT_CATEGORIES
         syms = tuple(c for c in args.symbols.replace(",", "").upper() if not c.isspace())
         cfg = ZoomConfig(image_size=size, zoom_fraction=args.zoom_fraction, detail_style=args.detail_style,
-                         categories=cats, symbols=syms, tag_layout=args.tag_layout)
+                         categories=cats, symbols=syms, tag_layout=args.tag_layout, tag_size=args.tag_size)
         info = make_zoom_dataset(args.out, n=args.n, n_test=args.n_test, seed=args.seed, config=cfg,
                                  overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:

@@ -1,7 +1,7 @@
 """`vlmrl eval`: evaluate a model on a benchmark task through the rollout engine.
 
     vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool] [--samples K]
-               [--limit N] [--out DIR] [--max-new-tokens M] [--prompt-style full|compact|minimal]
+               [--limit N] [--out DIR] [--max-new-tokens M] [--prompt-style full|compact|minimal|bare]
                [--batch-size B] [--seed S] [--crop-min-pixels P] [--crop-max-pixels P] [--prefix TEXT]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
@@ -30,7 +30,7 @@ def add_args(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="per assistant turn (default: the task's generation.max_new_tokens)")
     parser.add_argument("--max-turns", type=int, default=2, help="assistant turns in tool mode")
-    parser.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal"])
+    parser.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal", "bare"])
     parser.add_argument("--crop-min-pixels", type=int, default=None,
                         help="tool mode: crops are upscaled to at least this many pixels (default: the engine's)")
     parser.add_argument("--crop-max-pixels", type=int, default=None, help="tool mode: crops are capped at this")

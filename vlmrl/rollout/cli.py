@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-turns", type=int, default=2)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal"])
+    p.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal", "bare"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="rollout_traces.jsonl", help="trace file (images go beside it)")
 

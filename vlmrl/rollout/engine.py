@@ -42,7 +42,7 @@ class RolloutConfig:
     crop_max_pixels: int = crop_tool.CROP_MAX_PIXELS
     coord_convention: str | None = None  # None: the family's (absolute for Qwen2.5-VL, 0-1000 otherwise)
     tool_name: str = crop_tool.DEFAULT_TOOL_NAME
-    prompt_style: str = "full"  # "full", "compact" or "minimal" prompt templates
+    prompt_style: str = "full"  # "full", "compact", "minimal" or "bare" prompt templates
     seed: int = 0
     first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines)
     reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)

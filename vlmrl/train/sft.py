@@ -12,7 +12,8 @@ exactly what RL will see. Scripts, in `rollout.mode: tool`:
   `<think>Now I can read it.</think><answer>{answer}</answer>`. The box, in the coordinate convention of the
   first view the model sees, is (`sft.box`) "tight": the ground-truth box padded 25% per side, or "grid":
   the window of a 3x3 grid of half-size windows (stride a quarter of the image) that holds the padded box
-  (a coarse, easy-to-learn choice among 9 boxes);
+  (a coarse, easy-to-learn choice among 9 boxes), or "snap": the padded box widened to multiples of the
+  model's patch factor (28 original pixels for Qwen2.5-VL), so the crop is kept pixel for pixel;
 - direct demo (everything else, and always in direct mode): `<think>I can see it.</think><answer>{answer}</answer>`.
 
 Training: AdamW (`sft.lr`), `sft.steps` steps of `sft.batch_size` demos (cycling a seeded permutation),
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -65,10 +67,11 @@ def grid_window(box, original_size: tuple[int, int]) -> tuple[float, float, floa
 
 
 def seen_box(gt_box, original_size: tuple[int, int], seen_size: tuple[int, int], convention: str,
-             pad: float = BOX_PAD, grid: bool = False) -> list:
+             pad: float = BOX_PAD, grid: bool = False, snap: int = 0) -> list:
     """A ground-truth box (original pixels), padded by `pad` per side and clamped to the image (with
-    `grid`: then widened to its `grid_window` when one holds it), in the coordinates the model writes:
-    "absolute" (pixels of the seen view), "rel1000" (0-1000) or "rel1" (0-1)."""
+    `grid`: then widened to its `grid_window` when one holds it; with `snap`: then widened to multiples of
+    `snap` original pixels, so a crop of it needs no resize and keeps every pixel), in the coordinates the
+    model writes: "absolute" (pixels of the seen view), "rel1000" (0-1000) or "rel1" (0-1)."""
     W, H = original_size
     x1, y1, x2, y2 = (float(v) for v in gt_box)
     bw, bh = x2 - x1, y2 - y1
@@ -77,6 +80,9 @@ def seen_box(gt_box, original_size: tuple[int, int], seen_size: tuple[int, int],
     window = grid_window((x1, y1, x2, y2), original_size) if grid else None
     if window is not None:
         x1, y1, x2, y2 = window
+    if snap:
+        x1, y1 = snap * math.floor(x1 / snap), snap * math.floor(y1 / snap)
+        x2, y2 = min(float(W), snap * math.ceil(x2 / snap)), min(float(H), snap * math.ceil(y2 / snap))
     if convention == "absolute":
         sw, sh = seen_size
         return [round(x1 * sw / W), round(y1 * sh / H), round(x2 * sw / W), round(y2 * sh / H)]
@@ -99,7 +105,8 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
     image = sample.images[0]
     view = crop_tool.first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
     convention = r.coord_convention or crop_tool.default_convention(family)
-    bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid")
+    bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid",
+                    snap=factor if cfg.sft.box == "snap" else 0)
     call = json.dumps({"name": r.tool_name, "arguments": {"bbox_2d": bbox}})
     return [f"{CROP_THINK}<tool_call>{call}</tool_call>", AFTER_CROP.format(answer=answer)]
 
@@ -189,8 +196,8 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     for name in ("tool_fraction", "tool_fraction_no_zoom"):
         if not 0.0 <= getattr(s, name) <= 1.0:
             raise ValueError(f"sft.{name} must be in [0, 1], got {getattr(s, name)}")
-    if s.box not in ("tight", "grid"):
-        raise ValueError(f"sft.box must be 'tight' or 'grid', got {s.box!r}")
+    if s.box not in ("tight", "grid", "snap"):
+        raise ValueError(f"sft.box must be 'tight', 'grid' or 'snap', got {s.box!r}")
     out = Path(s.output) if s.output else Path(cfg.train.output_dir) / "sft_model"
     seed = cfg.train.seed
     torch.manual_seed(seed)
