@@ -23,7 +23,6 @@ import math
 import os
 import re
 import time
-import zlib
 from collections import defaultdict
 from contextlib import contextmanager
 from numbers import Number
