@@ -34,9 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "quickstart.yaml"
 DIRECT_RECIPE = ROOT / "recipes" / "quickstart_direct.yaml"
 # The quickstart's synthetic task: the colour of the large shape (readable from the low-resolution first
-# view) or the colour of the stripes on the small tag (erased exactly at half resolution: needs a crop);
-# the tag sits near a corner, so the box to crop is a coarse choice.
-DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,tag_color", "tag_layout": "corners"}
+# view) or the colour of the 1-px stripes on a 40-px grey tag (erased exactly at half resolution: needs a
+# crop). The tag is always in the bottom-right corner, so the box to crop never changes: what has to be
+# learned is reading, and *when* to crop.
+DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,tag_color", "tag_layout": "fixed",
+        "tag_size": 40}
 
 
 def _stage(title: str) -> float:
@@ -124,7 +126,7 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
     if not (data / "test.jsonl").is_file():
         _cli(["make-data", "zoom", "--out", str(data), "--n", str(d["n"]), "--n-test", str(d["n_test"]),
               "--seed", str(seed), "--image-size", str(d["image_size"]), "--categories", d["categories"],
-              "--tag-layout", d["tag_layout"]])
+              "--tag-layout", d["tag_layout"], "--tag-size", str(d["tag_size"])])
     times["data"] = time.time() - t
 
     t = _stage("3/6 SFT warm start on scripted demonstrations")
