@@ -295,7 +295,8 @@ def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
     f = pol.factor
     seqs = [_prompt(pol, (2 * f, 2 * f), "Q " * k) for k in (5, 1, 9, 3)]
     trajs = [SimpleNamespace(response_mask=[0] * (len(s.ids) - 3) + [1, 1, 1]) for s in seqs]
-    got = Trainer._no_grad_logprobs(None, pol, seqs, trajs, 1.0, chunk=2)
+    no_sharing = SimpleNamespace(_share_groups=lambda: 0)  # the trainer part it uses: train.share_prompt off
+    got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, trajs, 1.0, chunk=2)
     for s, t, row in zip(seqs, trajs, got):
         with torch.no_grad():
             one = pol.logprobs([s], torch.tensor([t.response_mask]))[0].tolist()

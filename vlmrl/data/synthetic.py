@@ -167,7 +167,7 @@ class ZoomConfig:
         if "tag_color" in self.categories and self.detail_style != "emboss":
             raise ValueError("tag_color questions need the emboss detail style (stripes erased at half resolution)")
         if self.tag_size:
-            if set(self.categories) - {"big_color", "big_shape", "big_count", "tag_color"}:
+            if any(CATEGORIES[c][0] and c != "tag_color" for c in self.categories):
                 raise ValueError("--tag-size makes every tag a striped square: the only tag question is tag_color")
             if not 8 <= self.tag_size <= min(w, h) // 4 or self.tag_size % 2:
                 raise ValueError(f"tag size must be even and in [8, {min(w, h) // 4}] px, got {self.tag_size}")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlmrl.data.prompts import STYLES
+
 from .tasks import list_tasks, load_task
 
 
@@ -30,7 +32,7 @@ def add_args(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="per assistant turn (default: the task's generation.max_new_tokens)")
     parser.add_argument("--max-turns", type=int, default=2, help="assistant turns in tool mode")
-    parser.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal", "bare"])
+    parser.add_argument("--prompt-style", default="full", choices=STYLES)
     parser.add_argument("--crop-min-pixels", type=int, default=None,
                         help="tool mode: crops are upscaled to at least this many pixels (default: the engine's)")
     parser.add_argument("--crop-max-pixels", type=int, default=None, help="tool mode: crops are capped at this")

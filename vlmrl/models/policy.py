@@ -205,9 +205,10 @@ class Policy:
             raise ValueError(
                 f"{where}: {n_tokens} image tokens in the text but the {len(seq.images)} image(s) need {expected}")
 
-    def collate(self, seqs: list[Seq]) -> dict:
-        """Left-pad sequences into model inputs with mm_token_type_ids and 3-D rope positions."""
-        batch = self._token_batch(seqs)
+    def collate(self, seqs: list[Seq], tokens: dict | None = None) -> dict:
+        """Left-pad sequences into model inputs with mm_token_type_ids and 3-D rope positions (`tokens`: their
+        `_token_batch`, when the caller has it already)."""
+        batch = dict(tokens) if tokens is not None else self._token_batch(seqs)
         images = [v for s in seqs for v in s.images]
         if images:
             batch["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
@@ -283,7 +284,7 @@ class Policy:
             rows, logits = shared
         else:
             rows = torch.arange(len(ids), device=ids.device)
-            batch = batch if batch is not None else self.collate(seqs)
+            batch = batch if batch is not None else self.collate(seqs, tokens)
             logits = self.model(**batch, use_cache=False, logits_to_keep=T - first + 1).logits
         sel = mask[rows, first:]
         logp_all = self._logp_from_logits(logits[:, :-1][sel], temperature)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from vlmrl.data.prompts import STYLES
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
 from vlmrl.rollout.trajectory import Trajectory, save_traces
 
@@ -47,7 +48,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-turns", type=int, default=2)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--prompt-style", default="full", choices=["full", "compact", "minimal", "bare"])
+    p.add_argument("--prompt-style", default="full", choices=STYLES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="rollout_traces.jsonl", help="trace file (images go beside it)")
 

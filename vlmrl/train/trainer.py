@@ -375,14 +375,14 @@ class Trainer:
         times["time/old_logp"] = 0.0  # the sampling-time log-probs are the old log-probs
         if self.ref is not None:
             t2 = time.perf_counter()
-            extras["ref"] = self._no_grad_logprobs(self.ref, seqs, trajs, temp, group_size=self._share_groups())
+            extras["ref"] = self._no_grad_logprobs(self.ref, seqs, trajs, temp)
             times["time/ref_logp"] = time.perf_counter() - t2
         if a.papo.enabled:
             t3 = time.perf_counter()
             extras["masked_vision"] = self._masked_vision(trajs)
             if not a.papo.masked_grad:
                 mseqs = [Seq(t.ids, v) for t, v in zip(trajs, extras["masked_vision"])]
-                extras["masked"] = self._no_grad_logprobs(pol, mseqs, trajs, temp, group_size=self._share_groups())
+                extras["masked"] = self._no_grad_logprobs(pol, mseqs, trajs, temp)
             times["time/masked_logp"] = time.perf_counter() - t3
         t4 = time.perf_counter()
         upd = self.update(trajs, advs, masks, extras)
@@ -417,9 +417,10 @@ class Trainer:
         """The group size whose rows share a prompt in the log-prob passes (train.share_prompt), else 0."""
         return self.cfg.rollout.group_size if self.cfg.train.share_prompt else 0
 
-    def _no_grad_logprobs(self, policy, seqs, trajs, temp, chunk: int = 16, group_size: int = 0) -> list[list[float]]:
+    def _no_grad_logprobs(self, policy, seqs, trajs, temp, chunk: int = 16) -> list[list[float]]:
         """Teacher-forced log-probs per trajectory, in chunks of similar lengths (little padding); with
-        `group_size`, a group's rows stay together and share their prompt's pass (see `micro_batches`)."""
+        train.share_prompt, a group's rows stay together and share their prompt's pass (see `micro_batches`)."""
+        group_size = self._share_groups()
         out: list = [None] * len(seqs)
         with torch.no_grad():
             for rows in micro_batches(list(range(len(seqs))), [len(s.ids) for s in seqs], chunk, group_size):
