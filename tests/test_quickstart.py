@@ -61,8 +61,36 @@ def test_striped_tag_size_erased_at_half_resolution_with_one_phase():
     assert (a[gy:gy + 40, gx:gx + 40, 1:] == 128).all()
     with pytest.raises(ValueError, match="only tag question is tag_color"):
         ZoomConfig(categories=("tag_digit",), tag_size=40)
+    with pytest.raises(ValueError, match="only tag question is tag_color"):
+        ZoomConfig(categories=("tag_color", "tag_fill"), tag_size=40)
     with pytest.raises(ValueError, match="tag size must be even"):
         ZoomConfig(categories=("tag_color",), tag_size=41)
+
+
+def test_tag_fill_is_a_plain_square_in_the_tag_colour():
+    import numpy as np
+
+    from vlmrl.data.synthetic import COLORS, DETAIL_STYLES
+
+    cfg = ZoomConfig(categories=("big_color", "tag_fill"), tag_layout="fixed", tag_size=12)
+    kinds = set()
+    for i in range(12):
+        image, row = make_zoom_sample(0, i, "train", cfg)
+        scene = ZoomScene.from_dict(row["meta"]["scene"])
+        assert scene.solid and scene.tag_size == 12 and scene.stripe in COLORS  # every scene has one
+        kinds.add(row["meta"]["category"])
+        if row["meta"]["category"] == "tag_fill":
+            assert row["answer"] == scene.stripe and row["meta"]["needs_zoom"]
+            assert row["question"] == "What color is the small tag?"
+        a = np.asarray(image)
+        gx, gy = scene.glyph_xy
+        assert (a[gy:gy + 12, gx:gx + 12] == COLORS[scene.stripe]).all()
+        x1, y1, x2, y2 = row["meta"]["tag_box"]
+        assert (x2 - x1, y2 - y1) == (16, 16) and (a[y1, x1:x2] == DETAIL_STYLES["emboss"][2]).all()
+        assert render_scene(ZoomScene.from_dict(scene.to_dict())).tobytes() == image.tobytes()
+    assert kinds == {"big_color", "tag_fill"}
+    with pytest.raises(ValueError, match="tag_fill questions need --tag-size"):
+        ZoomConfig(categories=("tag_fill",))
 
 
 def test_symbols_restrict_the_tag_alphabet(tmp_path):

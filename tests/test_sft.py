@@ -26,7 +26,7 @@ def assets(tmp_path_factory, tiny_dirs):
 
 def _overrides(assets, out, **sft):
     base = {"steps": 30, "batch_size": 4, "lr": 3e-3, "tool_fraction": 1.0, "tool_fraction_no_zoom": 0.0,
-            "box": "tight", "output": ""}  # "": <output_dir>/sft_model
+            "box": "tight", "output": "", "warmup_steps": 0, "lr_schedule": "constant", "adam_beta2": 0.999}  # "": <output_dir>/sft_model
     base.update(sft)
     return [f"model.path={assets['model']}", f"data.train={assets['data'] / 'train.jsonl'}",
             f"train.output_dir={out}", "model.dtype=float32", "model.device=cpu", "train.seed=0",
@@ -137,9 +137,15 @@ def test_cli(assets, tmp_path, monkeypatch, capsys):
     shutil.copytree(assets["data"], data)
     (data / "images" / "train-000000.png").write_bytes(b"not a png")  # a bad row is skipped, not fatal
     out = tmp_path / "warm"
-    args = _overrides(assets, tmp_path / "run", steps=2, batch_size=12) + [f"sft.output={out}",
-                                                                          f"data.train={data / 'train.jsonl'}"]
+    args = _overrides(assets, tmp_path / "run", steps=4, batch_size=12, warmup_steps=2, lr_schedule="cosine",
+                      adam_beta2=0.95) + [f"sft.output={out}", f"data.train={data / 'train.jsonl'}"]
     assert main(["sft", str(ROOT / "recipes" / "quickstart.yaml"), *args]) == 0
     assert "1 rows skipped" in capsys.readouterr().out
     assert (out / "config.json").exists() and (tmp_path / "sft_metrics.jsonl").exists()
+    # lr 3e-3: linear warm-up over 2 steps (1/2, 2/2), then cosine from 1 to 0 over the last 2 (1, 1/2)
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "sft_metrics.jsonl")]
+    assert lrs == pytest.approx([1.5e-3, 3e-3, 3e-3, 1.5e-3])
+    for bad in ("sft.lr_schedule=step", "sft.adam_beta2=1.0"):
+        assert main(["sft", str(ROOT / "recipes" / "quickstart.yaml"), *args, bad]) != 0
+        assert bad.split("=")[0] in capsys.readouterr().err
     assert main(["sft", str(ROOT / "recipes" / "quickstart.yaml"), "sft.stepz=2"]) != 0

@@ -111,6 +111,9 @@ class SFTConfig:
     steps: int = 100
     batch_size: int = 8
     lr: float = 1e-3
+    warmup_steps: int = 0  # linear warm-up of the learning rate over the first steps
+    lr_schedule: str = "constant"  # constant | cosine | linear (decay to 0 at the last step, after warm-up)
+    adam_beta2: float = 0.999  # 0.95 is steadier for small transformers learning from scratch
     tool_fraction: float = 0.5  # share of scripted crop demonstrations (tool mode) among needs-zoom rows
     tool_fraction_no_zoom: float = 0.0  # ... and among the other rows
     box: str = "tight"  # demo crop box: tight (ground truth padded 25%) | grid (one of 9 half-size windows)

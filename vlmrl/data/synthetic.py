@@ -82,6 +82,7 @@ CATEGORIES = {
     "tag_digit_choice": (True, "choice", "Which digit is printed on the small gray tag?"),
     "tag_letter": (True, "word", "What letter is printed on the small gray tag?"),
     "tag_color": (True, "word", "What color are the stripes on the small gray tag?"),
+    "tag_fill": (True, "word", "What color is the small tag?"),
 }
 # tag_color: the tag's glyph area is striped with the emboss pattern in the colour's channels only
 STRIPE_CHANNELS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
@@ -89,6 +90,9 @@ STRIPE_CHANNELS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
 # emboss kernel laid every 2 px: interior columns +-4 * STRIPE_UNIT, tapered ends), erased exactly at half
 # resolution like the glyph, but covering many vision patches with one phase: much easier to learn to read.
 STRIPE_UNIT = 10
+# tag_fill (needs --tag-size N): every tag is a plain N-px square of one colour instead. Not erased at half
+# resolution, only small: in the first view it covers part of one vision patch, after a crop it covers
+# whole patches, where reading its colour is the same skill as reading the large shape's colour.
 # corners: the tag sits near one of the 4 corners (coarse location); fixed: always in the bottom-right corner
 TAG_LAYOUTS = ("anywhere", "corners", "fixed")
 DEFAULT_CATEGORIES = ("big_color", "big_shape", "big_count", "tag_digit", "tag_digit_choice", "tag_letter")
@@ -114,6 +118,7 @@ class ZoomScene:
     style: str = "emboss"
     stripe: str = ""  # tag_color scenes: the stripe colour (the glyph is not drawn)
     tag_size: int = 0  # > 0: the striped area is this many px square (every scene, see --tag-size)
+    solid: bool = False  # with tag_size: the square is plain `stripe` colour (tag_fill), not stripes
 
     @property
     def tag_box(self) -> tuple[int, int, int, int]:
@@ -129,6 +134,8 @@ class ZoomScene:
             del d["stripe"]
         if not self.tag_size:
             del d["tag_size"]
+        if not self.solid:
+            del d["solid"]
         return d
 
     @classmethod
@@ -136,7 +143,8 @@ class ZoomScene:
         return cls(width=int(d["width"]), height=int(d["height"]),
                    shapes=tuple(Shape(s["kind"], s["color"], tuple(s["box"])) for s in d["shapes"]),
                    glyph_xy=tuple(d["glyph_xy"]), symbol=str(d["symbol"]), style=d.get("style", "emboss"),
-                   stripe=d.get("stripe", ""), tag_size=int(d.get("tag_size", 0)))
+                   stripe=d.get("stripe", ""), tag_size=int(d.get("tag_size", 0)),
+                   solid=bool(d.get("solid", False)))
 
 
 @dataclass
@@ -166,9 +174,13 @@ class ZoomConfig:
             raise ValueError(f"unknown tag layout {self.tag_layout!r}; expected one of {TAG_LAYOUTS}")
         if "tag_color" in self.categories and self.detail_style != "emboss":
             raise ValueError("tag_color questions need the emboss detail style (stripes erased at half resolution)")
+        if "tag_fill" in self.categories and not self.tag_size:
+            raise ValueError("tag_fill questions need --tag-size (the size of the plain coloured tag)")
         if self.tag_size:
-            if any(CATEGORIES[c][0] and c != "tag_color" for c in self.categories):
-                raise ValueError("--tag-size makes every tag a striped square: the only tag question is tag_color")
+            tag_qs = [c for c in self.categories if CATEGORIES[c][0]]
+            if len(tag_qs) > 1 or any(c not in ("tag_color", "tag_fill") for c in tag_qs):
+                raise ValueError("--tag-size makes every tag a coloured square: the only tag question is tag_color "
+                                 f"(striped) or tag_fill (plain), got {tag_qs}")
             if not 8 <= self.tag_size <= min(w, h) // 4 or self.tag_size % 2:
                 raise ValueError(f"tag size must be even and in [8, {min(w, h) // 4}] px, got {self.tag_size}")
         self.symbols = tuple(self.symbols)
@@ -224,6 +236,9 @@ def render_scene(scene: ZoomScene) -> Image.Image:
     draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=plate)
     glyph = GLYPHS[scene.symbol]
     gx, gy = scene.glyph_xy
+    if scene.tag_size and scene.solid:
+        draw.rectangle((gx, gy, gx + scene.tag_size - 1, gy + scene.tag_size - 1), fill=COLORS[scene.stripe])
+        return im
     if scene.style == "solid":
         for r, bits in enumerate(glyph):
             for q, b in enumerate(bits):
@@ -345,7 +360,8 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
     else:
         symbol = rng.choice(cfg.pool(DIGITS + LETTERS))
     stripe = rng.choice(sorted(STRIPE_CHANNELS)) if cat == "tag_color" or cfg.tag_size else ""
-    scene = ZoomScene(w, h, shapes, glyph_xy, symbol, cfg.detail_style, stripe, cfg.tag_size)
+    scene = ZoomScene(w, h, shapes, glyph_xy, symbol, cfg.detail_style, stripe, cfg.tag_size,
+                      solid="tag_fill" in cfg.categories)
 
     choices = None
     if cat == "big_color":
@@ -360,7 +376,7 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
         choices = rng.sample([d for d in cfg.pool(DIGITS) if d != symbol], 3) + [symbol]
         rng.shuffle(choices)
         answer, gt = "ABCD"[choices.index(symbol)], [scene.tag_box]
-    elif cat == "tag_color":
+    elif cat in ("tag_color", "tag_fill"):
         answer, gt = stripe, [scene.tag_box]
     else:  # tag_digit, tag_letter
         answer, gt = symbol, [scene.tag_box]
@@ -465,7 +481,8 @@ def add_args(parser) -> None:
                              "(always the bottom-right corner: the box to crop never changes)")
     parser.add_argument("--tag-size", type=int, default=0,
                         help="N > 0: every tag is an N-px square of 1-px stripes in the tag colour (erased at half "
-                             "resolution, easy to read after a crop); only with tag_color among the tag questions")
+                             "resolution, easy to read after a crop; tag_color questions) or of plain colour "
+                             "(tag_fill questions); then that is the only tag question")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
 
 

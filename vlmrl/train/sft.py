@@ -16,7 +16,8 @@ exactly what RL will see. Scripts, in `rollout.mode: tool`:
   model's patch factor (28 original pixels for Qwen2.5-VL), so the crop is kept pixel for pixel;
 - direct demo (everything else, and always in direct mode): `<think>I can see it.</think><answer>{answer}</answer>`.
 
-Training: AdamW (`sft.lr`), `sft.steps` steps of `sft.batch_size` demos (cycling a seeded permutation),
+Training: AdamW (`sft.lr`, `sft.adam_beta2`; `sft.warmup_steps` of linear warm-up, then `sft.lr_schedule`:
+constant, linear or cosine decay to 0), `sft.steps` steps of `sft.batch_size` demos (cycling a seeded permutation),
 loss = mean negative log-likelihood of the response tokens (observation tokens are masked out).
 Writes the model + processor to `sft.output` (default `<train.output_dir>/sft_model`) and one JSON
 record per step to `sft_metrics.jsonl` next to it.
@@ -189,6 +190,7 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     from vlmrl.models.policy import Policy
     from vlmrl.train.checkpoint import _save_pretrained_quietly
     from vlmrl.train.metrics import progress
+    from vlmrl.train.trainer import make_scheduler
 
     s = cfg.sft
     if s.steps < 1 or s.batch_size < 1:
@@ -198,6 +200,11 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
             raise ValueError(f"sft.{name} must be in [0, 1], got {getattr(s, name)}")
     if s.box not in ("tight", "grid", "snap"):
         raise ValueError(f"sft.box must be 'tight', 'grid' or 'snap', got {s.box!r}")
+    if s.lr_schedule not in ("constant", "linear", "cosine") or s.warmup_steps < 0:
+        raise ValueError(f"sft.lr_schedule must be constant, linear or cosine and sft.warmup_steps >= 0, got "
+                         f"{s.lr_schedule!r} and {s.warmup_steps}")
+    if not 0.0 < s.adam_beta2 < 1.0:
+        raise ValueError(f"sft.adam_beta2 must be in (0, 1), got {s.adam_beta2}")
     out = Path(s.output) if s.output else Path(cfg.train.output_dir) / "sft_model"
     seed = cfg.train.seed
     torch.manual_seed(seed)
@@ -221,7 +228,8 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
             print(f"  skipped: {e}")
 
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, s.adam_beta2))
+    sched = make_scheduler(opt, s.lr_schedule, s.warmup_steps, s.steps)
     gen = torch.Generator().manual_seed(seed + 1)
     perm: list[int] = []
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +250,9 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm or float("inf"))
             opt.step()
-            rec = {"step": step, "loss": float(loss.item()), "tokens": n_tok, "grad_norm": float(gnorm),
+            lr = sched.get_last_lr()[0]
+            sched.step()
+            rec = {"step": step, "loss": float(loss.item()), "tokens": n_tok, "grad_norm": float(gnorm), "lr": lr,
                    "time": round(time.time() - t0, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
