@@ -328,3 +328,25 @@ def test_first_turn_prefix_is_part_of_the_turn_and_keeps_the_cache(tiny_policies
     for a, b in zip(fast, slow):
         assert a.ids == b.ids and a.response_mask == b.response_mask
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_first_turn_prefix_fills_in_each_question(tiny_policies):
+    """`{question}` in the prefix is each sample's own question: a whole forced call (cut at its stop string),
+    and a forced opening the model continues (log-prob 0 on exactly that sample's forced tokens)."""
+    from dataclasses import replace
+
+    pol = tiny_policies["qwen2_5_vl"]
+    samples = _samples()
+    samples[1].question = "Which letter is on the tag?"
+    call = CALL % "0, 0, 112, 112"
+    eng = _tool_engine(pol, True)
+    eng.cfg = replace(eng.cfg, first_turn_prefix="<think>{question}</think>" + call[len("<think>zoom</think>"):])
+    trajs = eng.rollout(samples, group_size=2)
+    for t, s in zip(trajs, [samples[0]] * 2 + [samples[1]] * 2):
+        assert t.turns[0].startswith(f"<think>{s.question}</think><tool_call>") and t.tool_calls[0].valid
+    eng.cfg = replace(eng.cfg, first_turn_prefix="<think>{question} I", max_turns=1)
+    trajs = eng.rollout(samples, group_size=2)
+    for t, s in zip(trajs, [samples[0]] * 2 + [samples[1]] * 2):
+        n = len(pol.tokenizer.encode(f"<think>{s.question} I", add_special_tokens=False))
+        assert t.turns[0].startswith(f"<think>{s.question} I")
+        assert t.logprobs[t.prompt_len:t.prompt_len + n] == [0.0] * n and t.logprobs[t.prompt_len + n] != 0.0

@@ -93,6 +93,22 @@ def test_demonstrations(assets, tiny_policies):
         assert all(len(t.turns) == 1 and "<answer>" in t.turns[0] for t in trajs)
 
 
+def test_restate_question_opens_the_first_thought(assets, tiny_policies):
+    from vlmrl.train.sft import build_demos
+
+    cfg = load_config(ROOT / "recipes" / "quickstart.yaml",
+                      _overrides(assets, assets["root"] / "unused") + ["sft.restate_question=true"])
+    pol = tiny_policies["qwen2_5_vl"]
+    rows = _rows(assets)
+    zoom = [s for s in rows if s.meta["needs_zoom"]][0]
+    plain = [s for s in rows if not s.meta["needs_zoom"]][0]
+    trajs, _ = build_demos(pol, [zoom, plain], cfg)
+    q = zoom.question.strip()
+    assert trajs[0].turns[0].startswith(f"<think>{q} The detail is too small to read. I will zoom in.</think><tool_call>")
+    assert trajs[0].turns[1] == f"<think>Now I can read it.</think><answer>{zoom.answer}</answer>"  # not restated
+    assert trajs[1].turns == [f"<think>{plain.question.strip()} I can see it.</think><answer>{plain.answer}</answer>"]
+
+
 def test_sft_lowers_loss_and_saves(trained):
     from vlmrl.models.policy import Policy
 

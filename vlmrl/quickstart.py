@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "quickstart.yaml"
 DIRECT_RECIPE = ROOT / "recipes" / "quickstart_direct.yaml"
 # The quickstart's synthetic task: the colour of the large shape (readable from the low-resolution first
-# view) or the colour of the 1-px stripes on a 40-px grey tag (erased exactly at half resolution: needs a
-# crop). The tag is always in the bottom-right corner, so the box to crop never changes: what has to be
-# learned is reading, and *when* to crop.
-DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,tag_color", "tag_layout": "fixed",
-        "tag_size": 40}
+# view) or the colour of a 12-px tag (a few pixels of one vision patch in the first view: a crop shows it
+# over whole patches, where reading it is the same skill as reading the large shape). The tag is always in
+# the bottom-right corner, so the box to crop never changes: what has to be learned is *when* to crop.
+DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,tag_fill", "tag_layout": "fixed",
+        "tag_size": 12}
 
 
 def _stage(title: str) -> float:
@@ -106,7 +106,7 @@ def table(rows: list[dict]) -> str:
 def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, direct: bool = True,
                    size: str = "small", data_args: dict | None = None, overrides: list[str] | None = None) -> dict:
     from vlmrl.config import load_config
-    from vlmrl.train.sft import CROP_THINK, DIRECT
+    from vlmrl.train.sft import CROP_THINK, DIRECT, restate
 
     t_start = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,9 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
 
     t = _stage("5/6 held-out evaluation (vlmrl eval --task zoom --tool)")
     ev = out / "eval"
-    crop_prefix = CROP_THINK + "<tool_call>"
-    direct_prefix = DIRECT.split("{answer}")[0]
+    # the warm start's own first-turn texts ("{question}" is filled in per sample when its thought restates it)
+    crop_prefix = restate(CROP_THINK, "{question}", cfg) + "<tool_call>"
+    direct_prefix = restate(DIRECT, "{question}", cfg).split("{answer}")[0]
     results = {
         "warm start (SFT)": _eval("warm_start", sft_model, ev, data, cfg),
         "RL (DTPO)": _eval("rl", rl / "model", ev, data, cfg),

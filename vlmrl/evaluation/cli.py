@@ -38,7 +38,8 @@ def add_args(parser) -> None:
     parser.add_argument("--crop-max-pixels", type=int, default=None, help="tool mode: crops are capped at this")
     parser.add_argument("--prefix", default="",
                         help="force the start of the first assistant turn (baselines with a fixed decision, "
-                             "e.g. the model's own call-opening text to always call the tool)")
+                             "e.g. the model's own call-opening text to always call the tool); {question} in it "
+                             "stands for each doc's question")
     parser.add_argument("--batch-size", type=int, default=8, help="docs per rollout batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")

@@ -44,7 +44,8 @@ class RolloutConfig:
     tool_name: str = crop_tool.DEFAULT_TOOL_NAME
     prompt_style: str = "full"  # "full", "compact", "minimal" or "bare" prompt templates
     seed: int = 0
-    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines)
+    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
+    #                              "{question}" in it stands for the sample's question
     reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)
 
     def __post_init__(self):
@@ -145,7 +146,8 @@ class RolloutEngine:
             if not active:
                 break
             if turn == 0:
-                gens = self._first_turn([p[0] for p in prompts], group_size, stops, generator)
+                gens = self._first_turn([p[0] for p in prompts], group_size, stops, generator,
+                                         [s.question for s in samples])
             else:
                 # each row's cache from the turn before goes with its history (None: full prefill)
                 seqs = [Seq(list(trajs[i].ids), trajs[i].vision, kv=kv.pop(i, None)) for i in active]
@@ -160,24 +162,27 @@ class RolloutEngine:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)
         return trajs
 
-    def _first_turn(self, seqs: list[Seq], group_size: int, stops, generator):
-        """G samples per prompt, each starting with `first_turn_prefix` when one is set: the forced tokens are
-        part of the turn (log-prob 0.0), so its text, and a tool call in it, is what gets parsed; the cache covers
-        them too. A prefix that already holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
+    def _first_turn(self, seqs: list[Seq], group_size: int, stops, generator, questions=None):
+        """G samples per prompt, each starting with `first_turn_prefix` when one is set (its `{question}`, if
+        any, replaced by the sample's question): the forced tokens are part of the turn (log-prob 0.0), so its
+        text, and a tool call in it, is what gets parsed; the cache covers them too. A prefix that already
+        holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
         cfg, pol = self.cfg, self.policy
-        prefix = cfg.first_turn_prefix
-        cut = min((prefix.index(s) + len(s) for s in stops if s in prefix), default=None)
-        if cut is not None:
-            ids = self._encode(prefix[:cut])
-            return [Generation(list(ids), [0.0] * len(ids), "stop") for _ in range(len(seqs) * group_size)]
-        forced = self._encode(prefix) if prefix else []
-        seqs = [Seq(list(s.ids) + forced, s.images) for s in seqs] if forced else seqs
-        budget = [max(1, min(cfg.max_new_tokens - len(forced), cfg.max_total_tokens - len(s.ids))) for s in seqs]
+        texts = [cfg.first_turn_prefix.replace("{question}", (q or "").strip()) for q in (questions or [""] * len(seqs))]
+        cuts = [min((p.index(s) + len(s) for s in stops if s in p), default=None) for p in texts]
+        if all(c is not None for c in cuts):
+            out = []
+            for p, c in zip(texts, cuts):
+                ids = self._encode(p[:c])
+                out += [Generation(list(ids), [0.0] * len(ids), "stop") for _ in range(group_size)]
+            return out
+        forced = [self._encode(p) if p else [] for p in texts]
+        seqs = [Seq(list(s.ids) + f, s.images) for s, f in zip(seqs, forced)]
+        budget = [max(1, min(cfg.max_new_tokens - len(f), cfg.max_total_tokens - len(s.ids))) for s, f in zip(seqs, forced)]
         gens = pol.generate(seqs, max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,
                             stop_strings=stops, num_samples=group_size, generator=generator)
-        if forced:
-            gens = [Generation(forced + g.ids, [0.0] * len(forced) + g.logprobs, g.finish, kv=g.kv) for g in gens]
-        return gens
+        return [Generation(forced[i // group_size] + g.ids, [0.0] * len(forced[i // group_size]) + g.logprobs,
+                           g.finish, kv=g.kv) if forced[i // group_size] else g for i, g in enumerate(gens)]
 
     def _generate_each(self, seqs, active, stops, generator):
         """Later turns: each trajectory has its own history; cap new tokens by its remaining length."""

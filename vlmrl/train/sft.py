@@ -16,6 +16,11 @@ exactly what RL will see. Scripts, in `rollout.mode: tool`:
   model's patch factor (28 original pixels for Qwen2.5-VL), so the crop is kept pixel for pixel;
 - direct demo (everything else, and always in direct mode): `<think>I can see it.</think><answer>{answer}</answer>`.
 
+With `sft.restate_question: true` the first thought of either script opens with the question itself
+(`<think>What color is the small tag? I can see it.</think>...`), so the words that decide whether to crop
+sit right before the decision; `vlmrl eval --prefix` fills in `{question}` per sample for the fixed-decision
+baselines.
+
 Training: AdamW (`sft.lr`, `sft.adam_beta2`; `sft.warmup_steps` of linear warm-up, then `sft.lr_schedule`:
 constant, linear or cosine decay to 0), `sft.steps` steps of `sft.batch_size` demos (cycling a seeded permutation),
 loss = mean negative log-likelihood of the response tokens (observation tokens are masked out).
@@ -101,7 +106,7 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
     answer = str(sample.answer)
     box = _union((getattr(sample, "meta", None) or {}).get("gt_boxes"))
     if not (use_tool and cfg.rollout.mode == "tool" and box is not None and sample.images):
-        return [DIRECT.format(answer=answer)]
+        return [restate(DIRECT, sample.question, cfg).format(answer=answer)]
     r = cfg.rollout
     image = sample.images[0]
     view = crop_tool.first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
@@ -109,7 +114,15 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
     bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid",
                     snap=factor if cfg.sft.box == "snap" else 0)
     call = json.dumps({"name": r.tool_name, "arguments": {"bbox_2d": bbox}})
-    return [f"{CROP_THINK}<tool_call>{call}</tool_call>", AFTER_CROP.format(answer=answer)]
+    return [f"{restate(CROP_THINK, sample.question, cfg)}<tool_call>{call}</tool_call>", AFTER_CROP.format(answer=answer)]
+
+
+def restate(script: str, question: str, cfg: Config) -> str:
+    """With `sft.restate_question`, a first turn's thought opens with the question itself (the words that
+    decide whether to crop sit right before the decision, so RL can condition on them)."""
+    if not cfg.sft.restate_question or not script.startswith("<think>"):
+        return script
+    return f"<think>{question.strip()} " + script[len("<think>"):]
 
 
 def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 8) -> tuple[list, list[str]]:
