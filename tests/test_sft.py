@@ -165,3 +165,26 @@ def test_cli(assets, tmp_path, monkeypatch, capsys):
         assert main(["sft", str(ROOT / "recipes" / "quickstart.yaml"), *args, bad]) != 0
         assert bad.split("=")[0] in capsys.readouterr().err
     assert main(["sft", str(ROOT / "recipes" / "quickstart.yaml"), "sft.stepz=2"]) != 0
+
+
+def test_make_scheduler_values_and_early_errors():
+    from vlmrl.train.trainer import make_scheduler
+
+    def lrs(kind, warmup, total):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = make_scheduler(opt, kind, warmup, total), []
+        for _ in range(total):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("linear", 2, 6) == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+    assert lrs("cosine", 0, 3) == pytest.approx([1.0, 0.75, 0.25])
+    assert lrs("constant", 3, 4) == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    # a bad kind is refused at once even with a warm-up (the schedule is not consulted before step `warmup`)
+    with pytest.raises(ValueError, match=r"train\.lr_schedule must be one of constant, linear, cosine"):
+        make_scheduler(opt, "step", 5, 10)
+    with pytest.raises(ValueError, match=r"sft\.warmup_steps >= 0"):
+        make_scheduler(opt, "cosine", -1, 10, section="sft")

@@ -247,12 +247,18 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
         "ratios_fastest": _ratios(results, "min_s"),
     }
     report["markdown"] = to_markdown(report)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "rollout_bench.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "rollout_bench.md").write_text(report["markdown"])
+    write_report(report, out, "rollout_bench")
     return report
+
+
+def write_report(report: dict, out, stem: str) -> None:
+    """`out/<stem>.json` (the whole report) and `out/<stem>.md` (its markdown table); nothing when out is None."""
+    if out is None:
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(report["markdown"])
 
 
 def _ratios(results: dict, stat: str) -> dict:

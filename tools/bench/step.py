@@ -96,12 +96,16 @@ def rss_mb(peak: bool = True) -> float:
 # Worker side: one case per process, driven over stdin/stdout (one JSON line per command and per reply).
 # =====================================================================================================================
 
+def _beside(name: str):
+    """A script beside this one (tools/bench/rollout.py, trl_side.py) as a module: they sit in no package."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    return importlib.import_module(name)
+
+
 def forced_tokens(lm_head, ids: list[int]):
     """Within the block, the k-th call of `lm_head` makes token `ids[k]` certain (rollout.py's `force_tokens`)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rollout import force_tokens
-
-    return force_tokens(lm_head, ids)
+    return _beside("rollout").force_tokens(lm_head, ids)
 
 
 def bench_policy(base, call_text: str | None = None):
@@ -225,10 +229,7 @@ class RolloutCase:
     """tools/bench/rollout.py's `run_bench` (engine direct mode vs `model.generate`, plus its tool-mode paths)."""
 
     def __init__(self, spec: dict):
-        sys.path.insert(0, str(HERE))
-        import rollout
-
-        self.run_bench, self.spec, self.info = rollout.run_bench, spec, {}
+        self.run_bench, self.spec, self.info = _beside("rollout").run_bench, spec, {}
 
     def step(self) -> dict:
         s = self.spec
@@ -251,9 +252,7 @@ def build_case(spec: dict):
         return RolloutCase(spec)
     sample = load_sample(spec)
     if spec["case"] == "trl_grpo":
-        sys.path.insert(0, str(HERE))
-        from trl_side import TrlCase
-
+        TrlCase = _beside("trl_side").TrlCase
         from vlmrl.data.prompts import build_messages
 
         return TrlCase(spec["model"], sample, build_messages(sample, mode="direct", style="compact"),
@@ -695,11 +694,7 @@ def run_step_bench(sizes=("tiny", "30m"), prompts: int = 1, group_size: int = 8,
         "wall_s": time.perf_counter() - t_start,
     }
     report["markdown"] = to_markdown(report)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "step_bench.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "step_bench.md").write_text(report["markdown"])
+    _beside("rollout").write_report(report, out, "step_bench")
     return report
 
 

@@ -162,21 +162,21 @@ class RolloutEngine:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)
         return trajs
 
-    def _first_turn(self, seqs: list[Seq], group_size: int, stops, generator, questions=None):
+    def _first_turn(self, seqs: list[Seq], group_size: int, stops, generator, questions: list[str]):
         """G samples per prompt, each starting with `first_turn_prefix` when one is set (its `{question}`, if
         any, replaced by the sample's question): the forced tokens are part of the turn (log-prob 0.0), so its
         text, and a tool call in it, is what gets parsed; the cache covers them too. A prefix that already
         holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
         cfg, pol = self.cfg, self.policy
-        texts = [cfg.first_turn_prefix.replace("{question}", (q or "").strip()) for q in (questions or [""] * len(seqs))]
+        texts = [cfg.first_turn_prefix.replace("{question}", (q or "").strip()) for q in questions]
         cuts = [min((p.index(s) + len(s) for s in stops if s in p), default=None) for p in texts]
-        if all(c is not None for c in cuts):
-            out = []
-            for p, c in zip(texts, cuts):
-                ids = self._encode(p[:c])
-                out += [Generation(list(ids), [0.0] * len(ids), "stop") for _ in range(group_size)]
-            return out
-        forced = [self._encode(p) if p else [] for p in texts]
+        whole_turn = all(c is not None for c in cuts)
+        if whole_turn:
+            texts = [p[:c] for p, c in zip(texts, cuts)]
+        encoded = {p: self._encode(p) if p else [] for p in set(texts)}  # one prefix text: encoded once
+        forced = [encoded[p] for p in texts]
+        if whole_turn:
+            return [Generation(list(f), [0.0] * len(f), "stop") for f in forced for _ in range(group_size)]
         seqs = [Seq(list(s.ids) + f, s.images) for s, f in zip(seqs, forced)]
         budget = [max(1, min(cfg.max_new_tokens - len(f), cfg.max_total_tokens - len(s.ids))) for s, f in zip(seqs, forced)]
         gens = pol.generate(seqs, max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -203,7 +203,7 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     from vlmrl.models.policy import Policy
     from vlmrl.train.checkpoint import _save_pretrained_quietly
     from vlmrl.train.metrics import progress
-    from vlmrl.train.trainer import make_scheduler
+    from vlmrl.train.trainer import check_schedule, make_scheduler
 
     s = cfg.sft
     if s.steps < 1 or s.batch_size < 1:
@@ -213,9 +213,7 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
             raise ValueError(f"sft.{name} must be in [0, 1], got {getattr(s, name)}")
     if s.box not in ("tight", "grid", "snap"):
         raise ValueError(f"sft.box must be 'tight', 'grid' or 'snap', got {s.box!r}")
-    if s.lr_schedule not in ("constant", "linear", "cosine") or s.warmup_steps < 0:
-        raise ValueError(f"sft.lr_schedule must be constant, linear or cosine and sft.warmup_steps >= 0, got "
-                         f"{s.lr_schedule!r} and {s.warmup_steps}")
+    check_schedule(s.lr_schedule, s.warmup_steps, "sft")
     if not 0.0 < s.adam_beta2 < 1.0:
         raise ValueError(f"sft.adam_beta2 must be in (0, 1), got {s.adam_beta2}")
     out = Path(s.output) if s.output else Path(cfg.train.output_dir) / "sft_model"
@@ -242,7 +240,7 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
 
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, s.adam_beta2))
-    sched = make_scheduler(opt, s.lr_schedule, s.warmup_steps, s.steps)
+    sched = make_scheduler(opt, s.lr_schedule, s.warmup_steps, s.steps, section="sft")
     gen = torch.Generator().manual_seed(seed + 1)
     perm: list[int] = []
     out.parent.mkdir(parents=True, exist_ok=True)
