@@ -135,6 +135,7 @@ def test_two_process_ddp_keeps_ranks_identical(assets, tmp_path):
     script = tmp_path / "ddp.py"
     # compare parameters of both ranks right after training, from inside the processes
     script.write_text(f"""
+import gc, os
 import torch, torch.distributed as dist
 from accelerate import Accelerator
 from vlmrl.config import load_config
@@ -155,9 +156,14 @@ gathered = [torch.zeros_like(flat) for _ in range(acc.num_processes)]
 dist.all_gather(gathered, flat)
 if acc.is_main_process:
     same = all(torch.equal(gathered[0], g) for g in gathered[1:])
-    print("RANKS_IDENTICAL", same, acc.num_processes)
+    print("RANKS_IDENTICAL", same, acc.num_processes, flush=True)
 dist.barrier()
-dist.destroy_process_group()  # a rank leaving while gloo's threads still run can abort ("terminate called ...")
+# The DDP wrapper holds the process group; freed during interpreter teardown while gloo's threads still run,
+# it can abort the rank ("terminate called without an active exception"). Free it first, then leave at once.
+del captured, model, gathered
+gc.collect()
+dist.destroy_process_group()
+os._exit(0)
 """)
     env = dict(os.environ, VLMRL_NO_PROGRESS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     # On a CPU-only machine `--multi_gpu` starts torchrun workers that accelerate runs as MULTI_CPU (gloo);

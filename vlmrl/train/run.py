@@ -137,4 +137,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     out = run_training(cfg)
     print(f"run directory: {out}")
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, tear the process group down while Python is still whole: a gloo group freed
+    during interpreter shutdown can abort the rank ("terminate called without an active exception")."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # run_training's DDP wrapper holds the group
+        dist.barrier()
+        dist.destroy_process_group()
