@@ -206,3 +206,13 @@ def test_nonfinite_loss_skips_steps_then_stops(assets, tmp_path, monkeypatch):
         run_training(cfg)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["nonfinite_steps"] for r in rows] == [1]  # step 1 logged as skipped; step 2 stops the run
+
+
+@pytest.mark.parametrize("window", ["[0.5]", "[0.9,0.1]", "[0.0,1.5]"])
+def test_bad_acc_window_is_refused_before_training(window):
+    from vlmrl.config import load_config
+    from vlmrl.train.trainer import Trainer
+
+    cfg = load_config(ROOT / "recipes" / "papo_d.yaml", [f"algo.acc_window={window}"])
+    with pytest.raises(ValueError, match=r"algo\.acc_window must be \[low, high\]"):
+        Trainer(cfg)

@@ -511,5 +511,5 @@ def run(args) -> int:
     except (ValueError, FileExistsError) as e:
         raise _usage_error(str(e)) from None
     print(f"wrote {info['n']} train and {info['n_test']} test samples ({size[0]}x{size[1]}, "
-          f"{cfg.detail_style} tags) to {args.out}: train.jsonl, test.jsonl, images/, info.json")
+          f"{', '.join(cfg.categories)}) to {args.out}: train.jsonl, test.jsonl, images/, info.json")
     return 0

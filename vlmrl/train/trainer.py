@@ -119,6 +119,9 @@ class Trainer:
             raise ValueError(f"algo.name must be one of {', '.join(AGG_DEFAULT)}, got {cfg.algo.name!r}")
         if cfg.algo.name == "dtpo" and cfg.rollout.mode != "tool":
             raise ValueError("algo.name=dtpo needs rollout.mode=tool (DTPO decouples tool-call and answer turns)")
+        win = cfg.algo.acc_window
+        if win is not None and (len(win) != 2 or not 0 <= win[0] < win[1] <= 1):
+            raise ValueError(f"algo.acc_window must be [low, high] with 0 <= low < high <= 1, got {win!r}")
         cpu = cfg.model.device == "cpu" or not torch.cuda.is_available()
         self.acc = accelerator or Accelerator(cpu=cpu, log_with=t.log_with or None, project_dir=t.output_dir)
         self.out = Path(t.output_dir)
