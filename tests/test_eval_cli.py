@@ -170,3 +170,13 @@ def test_bad_input(data, model, tmp_path, capsys):
     rc = main(["eval", "--task", "pope", "--data", str(data["pope"]), "--model", model, "--samples", "0",
                "--out", str(tmp_path)])
     assert rc != 0 and "--samples" in capsys.readouterr().err
+
+
+def test_image_max_pixels_caps_the_direct_view(data, model, tmp_path, capsys):
+    """--image-max-pixels downscales the direct-mode image: 112x112 = 12544 px is 16 visual tokens."""
+    _, full = _eval("zoom", data, model, tmp_path / "full", "--limit", "2")
+    _, capped = _eval("zoom", data, model, tmp_path / "cap", "--limit", "2", "--image-max-pixels", "12544")
+    assert capped["visual_tokens_per_sample"] == 16 < full["visual_tokens_per_sample"]
+    rc = main(["eval", "--task", "zoom", "--data", str(data["zoom"]), "--model", model, "--out", str(tmp_path / "x"),
+               "--image-max-pixels", "100"])
+    assert rc != 0 and "--image-max-pixels must be >= 784" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
     vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool] [--samples K]
                [--limit N] [--out DIR] [--max-new-tokens M] [--prompt-style full|compact|minimal|bare]
-               [--batch-size B] [--seed S] [--crop-min-pixels P] [--crop-max-pixels P] [--prefix TEXT]
+               [--batch-size B] [--seed S] [--crop-min-pixels P] [--crop-max-pixels P] [--image-max-pixels P]
+               [--prefix TEXT]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
@@ -36,6 +37,9 @@ def add_args(parser) -> None:
     parser.add_argument("--crop-min-pixels", type=int, default=None,
                         help="tool mode: crops are upscaled to at least this many pixels (default: the engine's)")
     parser.add_argument("--crop-max-pixels", type=int, default=None, help="tool mode: crops are capped at this")
+    parser.add_argument("--image-max-pixels", type=int, default=None,
+                        help="direct mode: the image is downscaled to at most this many pixels (default: the "
+                             "engine's, rollout.image_max_pixels); match the training run's setting")
     parser.add_argument("--prefix", default="",
                         help="force the start of the first assistant turn (baselines with a fixed decision, "
                              "e.g. the model's own call-opening text to always call the tool); {question} in it "
@@ -61,7 +65,8 @@ def run(args) -> int:
     settings = EvalSettings(mode="tool" if args.tool else "direct", samples=args.samples, max_new_tokens=max_new,
                             max_turns=args.max_turns, prompt_style=args.prompt_style, batch_size=args.batch_size,
                             seed=args.seed, crop_min_pixels=args.crop_min_pixels,
-                            crop_max_pixels=args.crop_max_pixels, prefix=args.prefix)
+                            crop_max_pixels=args.crop_max_pixels, image_max_pixels=args.image_max_pixels,
+                            prefix=args.prefix)
     settings.check()
     docs = task.load_docs(args.data, images=True, limit=args.limit)
     if not docs:

@@ -47,6 +47,7 @@ class EvalSettings:
     seed: int = 0
     crop_min_pixels: int | None = None  # None: the rollout engine's defaults
     crop_max_pixels: int | None = None
+    image_max_pixels: int | None = None  # direct mode's image budget; None: the rollout engine's default
     prefix: str = ""  # forced start of the first assistant turn (fixed-decision baselines); "" = none
 
     @property
@@ -59,6 +60,10 @@ class EvalSettings:
         for name in ("samples", "max_new_tokens", "batch_size", "max_turns"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("crop_min_pixels", "crop_max_pixels", "image_max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 28 * 28:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 784 (one 28x28 patch), "
+                                 f"got {getattr(self, name)}")
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -296,7 +301,8 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
         traces_path.unlink()
     todo = [d for d in docs if d["doc_id"] not in done]
 
-    crop = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels") if getattr(settings, k)}
+    crop = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels", "image_max_pixels")
+            if getattr(settings, k)}
     cfg = RolloutConfig(mode=settings.mode, max_turns=settings.max_turns, max_new_tokens=settings.max_new_tokens,
                         temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed,
                         first_turn_prefix=settings.prefix, **crop)
