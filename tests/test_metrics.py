@@ -115,20 +115,22 @@ class TwoRanks:
 
 def test_reduce_metrics_across_processes():
     rank1 = TwoRanks()
-    m1 = {"reward/mean": 1.0, "adv_max": 3.0, "adv_min": -1.0, "time/rollout": 2.0, "loss/total": 0.0}
+    m1 = {"reward/mean": 1.0, "adv_max": 3.0, "adv_min": -1.0, "time/rollout": 2.0, "loss/total": 0.0,
+          "skipped_samples": 2, "prompts_too_long": 0}
     reduce_metrics(m1, rank1)
-    m0 = {"reward/mean": 0.0, "adv_max": 1.0, "adv_min": -3.0, "time/rollout": 5.0, "loss/total": 1.0}
+    m0 = {"reward/mean": 0.0, "adv_max": 1.0, "adv_min": -3.0, "time/rollout": 5.0, "loss/total": 1.0,
+          "skipped_samples": 1, "prompts_too_long": 3}
     out = reduce_metrics(m0, TwoRanks(peer_row=rank1.row))
-    assert out == {"reward/mean": 0.5, "adv_max": 3.0, "adv_min": -3.0, "time/rollout": 5.0, "loss/total": 0.5}
+    # each process's skipped rows and too-long prompts are its own: summed, not averaged
+    assert out == {"reward/mean": 0.5, "adv_max": 3.0, "adv_min": -3.0, "time/rollout": 5.0, "loss/total": 0.5,
+                   "skipped_samples": 3.0, "prompts_too_long": 3.0}
     # processes with different keys: the union is reduced; a missing value does not count
-    union = sorted(set(m0) | {"accuracy"})
-    other = TwoRanks(peer_keys=union)
     peer = {"reward/mean": 1.0, "accuracy": 1.0, "adv_max": 0.0, "adv_min": 0.0, "time/rollout": 0.0, "loss/total": None}
-    reduce_metrics(peer, TwoRanks(peer_keys=sorted(m0)))
     rank_b = TwoRanks(peer_keys=sorted(m0))
     reduce_metrics(peer, rank_b)
     out = reduce_metrics(m0, TwoRanks(peer_row=rank_b.row, peer_keys=rank_b.keys))
     assert out["accuracy"] == 1.0 and out["loss/total"] == 1.0 and out["reward/mean"] == 0.5
+    assert out["skipped_samples"] == 1.0  # the peer logged none: only this process's count
 
 
 def test_timer_accumulates_phases():

@@ -181,6 +181,8 @@ os._exit(0)
     assert "RANKS_IDENTICAL True 2" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [x["step"] for x in rows] == [1, 2]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["skipped_by_process"] == [[], []]  # one list of skipped rows per process
 
 
 def test_nonfinite_loss_skips_steps_then_stops(assets, tmp_path, monkeypatch):
@@ -210,9 +212,25 @@ def test_nonfinite_loss_skips_steps_then_stops(assets, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("window", ["[0.5]", "[0.9,0.1]", "[0.0,1.5]"])
 def test_bad_acc_window_is_refused_before_training(window):
+    """Reliability[train]: a recipe's algo.acc_window of the wrong length or order ([0.5], [0.9, 0.1], [0, 1.5]) | refused when the trainer is built, naming the key, before any model is loaded"""
     from vlmrl.config import load_config
     from vlmrl.train.trainer import Trainer
 
     cfg = load_config(ROOT / "recipes" / "papo_d.yaml", [f"algo.acc_window={window}"])
     with pytest.raises(ValueError, match=r"algo\.acc_window must be \[low, high\]"):
         Trainer(cfg)
+
+
+def test_skipped_rows_are_restored_per_process():
+    """Reliability[train]: a multi-process run resumed from a checkpoint after skipping bad rows | each process gets back its own skipped rows (another process count: the main process takes them all), so skipped_samples, summed across processes, stays right"""
+    from types import SimpleNamespace
+
+    from vlmrl.train.run import _my_skipped
+
+    acc = lambda i, n: SimpleNamespace(process_index=i, num_processes=n, is_main_process=i == 0)  # noqa: E731
+    state = {"skipped_samples": ["a"], "skipped_by_process": [["a"], ["b", "c"]]}
+    assert _my_skipped(state, acc(0, 2)) == ["a"] and _my_skipped(state, acc(1, 2)) == ["b", "c"]
+    assert _my_skipped(state, acc(0, 1)) == ["a", "b", "c"]
+    assert _my_skipped(state, acc(0, 3)) == ["a", "b", "c"] and _my_skipped(state, acc(2, 3)) == []
+    assert _my_skipped({"skipped_samples": ["a"]}, acc(0, 1)) == ["a"]
+    assert _my_skipped({}, acc(0, 1)) == []

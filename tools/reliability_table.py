@@ -148,11 +148,8 @@ The rules behind the rows:
 
 Known gaps (not covered by a row below):
 
-- In multi-process training `skipped_samples` is averaged over processes, not summed, and a resumed run
-  gives every process the main process's list of skipped rows.
 - `vlmrl eval` decodes benchmark images with plain PIL (`vlmrl/evaluation/tasks.py:LazyImage`), as
   lmms-eval does: no EXIF rotation, the alpha channel dropped, PIL's own pixel limit.
-- A recipe's `algo.acc_window` of the wrong length is not a ConfigError; it fails at the first step.
 """
 
 

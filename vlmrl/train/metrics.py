@@ -190,8 +190,14 @@ class MetricsLogger:
 
 # --------------------------------------------------------------------------- reduction across processes
 
+SUMMED = ("skipped_samples", "prompts_too_long")  # counts of each process's own rows
+
+
 def reduce_op(key: str) -> str:
-    """How a key is reduced across processes: "max" for *_max and time/*, "min" for *_min, else "mean"."""
+    """How a key is reduced across processes: "sum" for the per-process counts in SUMMED, "max" for *_max and
+    time/*, "min" for *_min, else "mean"."""
+    if key in SUMMED:
+        return "sum"
     if key.endswith("_max") or key.startswith("time/"):
         return "max"
     if key.endswith("_min"):
@@ -202,7 +208,7 @@ def reduce_op(key: str) -> str:
 def reduce_metrics(metrics: dict, accelerator=None) -> dict:
     """Numbers of `metrics` combined over processes. The identity, as python numbers, with a single
     process. Keys are the union over processes; a process that lacks a key (or logged None) does not
-    count towards it (NaN-aware mean/max/min). The mean is a plain mean of the per-process values."""
+    count towards it (NaN-aware mean/max/min/sum). The mean is a plain mean of the per-process values."""
     values = {k: to_number(v, k) for k, v in metrics.items()}
     if accelerator is None or getattr(accelerator, "num_processes", 1) <= 1:
         return values
@@ -222,7 +228,7 @@ def reduce_metrics(metrics: dict, accelerator=None) -> dict:
         if col.numel() == 0:
             out[k] = None
             continue
-        out[k] = float(col.max() if op == "max" else col.min() if op == "min" else col.mean())
+        out[k] = float({"max": col.max, "min": col.min, "sum": col.sum}.get(op, col.mean)())
     return out
 
 

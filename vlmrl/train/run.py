@@ -57,6 +57,15 @@ def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, 
     return out
 
 
+def _my_skipped(state: dict, acc) -> list[str]:
+    """This process's skipped rows from a checkpoint. Saved with the same number of processes: its own list;
+    otherwise the main process takes them all (so the summed count across processes stays right)."""
+    by = state.get("skipped_by_process") or [state.get("skipped_samples", [])]
+    if len(by) == acc.num_processes:
+        return list(by[acc.process_index])
+    return [x for lst in by for x in lst] if acc.is_main_process else []
+
+
 def run_training(cfg: Config, accelerator=None) -> Path:
     """Train with RL per the config; returns the run directory."""
     from vlmrl.rollout.trajectory import save_traces
@@ -75,7 +84,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         start = int(state["step"])
         trainer.stream.position = int(state["data_position"])
         trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
-        trainer.stream.skipped = list(state.get("skipped_samples", []))
+        trainer.stream.skipped = _my_skipped(state, acc)
         trainer.step_idx = start
         if trainer.is_main:
             print(f"resumed from {ckpt} at step {start}")
@@ -90,11 +99,16 @@ def run_training(cfg: Config, accelerator=None) -> Path:
 
     def checkpoint(step: int) -> None:
         acc.wait_for_everyone()
+        by_process = [list(trainer.stream.skipped)]
+        if acc.num_processes > 1:  # every process skips rows of its own stream
+            from accelerate.utils import gather_object
+
+            by_process = gather_object(by_process)
         save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
                         trainer.optimizer, trainer.scheduler,
                         trainer_state={"data_position": trainer.stream.position,
                                        "nonfinite_total": trainer.nonfinite_total,
-                                       "skipped_samples": trainer.stream.skipped},
+                                       "skipped_samples": by_process[0], "skipped_by_process": by_process},
                         generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
         acc.wait_for_everyone()
 
