@@ -314,5 +314,18 @@ def test_on_error_skip_counts_rows(tmp_path):
     assert [s.row for s in ds] == [0, 2]
 
 
+def test_on_error_skip_counts_lines_that_are_not_json_objects(tmp_path):
+    """Reliability[rows]: a JSONL file with a line that is not JSON, or not a JSON object, loaded with on_error="skip" | that line is skipped and its message (file, line) kept in dataset.skipped; the other rows load; on_error="raise" names the file and line"""
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"question": "q", "images": [], "answer": "a"})
+    path.write_text("\n".join([good, '{"question": "q", "images": [', "[1, 2]", good]) + "\n")
+    ds = load_dataset(path, on_error="skip")
+    assert len(ds) == 2 and len(ds.skipped) == 2
+    assert "invalid JSON" in ds.skipped[0] and "line 2" in ds.skipped[0] and "d.jsonl" in ds.skipped[0]
+    assert "must be a JSON object" in ds.skipped[1] and "line 3" in ds.skipped[1]
+    with pytest.raises(DataError, match=r"line 2.*invalid JSON|invalid JSON.*line 2"):
+        load_dataset(path)
+
+
 def test_cli_style_errors_are_value_or_file_errors(tmp_path):
     assert issubclass(DataError, ValueError)

@@ -87,7 +87,8 @@ class _Record:
     line: int | None = None
 
 
-def _read_jsonl(path: Path) -> list[_Record]:
+def _read_jsonl(path: Path, skipped: list[str] | None = None) -> list[_Record]:
+    """The file's rows; a line that is not a JSON object raises, or with `skipped` given is noted there."""
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, text in enumerate(f, start=1):
@@ -97,11 +98,16 @@ def _read_jsonl(path: Path) -> list[_Record]:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON: {e}", file=path, row=row, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"a row must be a JSON object, got {type(obj).__name__}", file=path, row=row,
+                err = DataError(f"invalid JSON: {e}", file=path, row=row, line=lineno)
+            else:
+                if isinstance(obj, dict):
+                    out.append(_Record(obj, row, lineno))
+                    continue
+                err = DataError(f"a row must be a JSON object, got {type(obj).__name__}", file=path, row=row,
                                 line=lineno)
-            out.append(_Record(obj, row, lineno))
+            if skipped is None:
+                raise err
+            skipped.append(str(err))
     return out
 
 
@@ -670,7 +676,10 @@ def load_dataset(path: str | os.PathLike, format: str = "auto", split: str | Non
                                 f"(vlmrl), 'problem' (easyr1) or 'prompt' (trl); pass format=", file=file)
             records = _read_parquet(file, ("images", "image"))
         else:
-            records = {"jsonl": _read_jsonl, "json": _read_json, "tsv": _read_tsv}[ft](file)
+            if ft == "jsonl":
+                records = _read_jsonl(file, skipped if on_error == "skip" else None)
+            else:
+                records = {"json": _read_json, "tsv": _read_tsv}[ft](file)
             fmt_file = fmt
             if fmt_file is None and records:
                 fmt_file = detect_format(records[0].data)
