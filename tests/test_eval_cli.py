@@ -180,3 +180,8 @@ def test_image_max_pixels_caps_the_direct_view(data, model, tmp_path, capsys):
     rc = main(["eval", "--task", "zoom", "--data", str(data["zoom"]), "--model", model, "--out", str(tmp_path / "x"),
                "--image-max-pixels", "100"])
     assert rc != 0 and "--image-max-pixels must be >= 784" in capsys.readouterr().err
+    # under the engine's minimum budget (4 patches): refused before any document, naming both budgets
+    rc = main(["eval", "--task", "zoom", "--data", str(data["zoom"]), "--model", model, "--out", str(tmp_path / "y"),
+               "--image-max-pixels", "1000", "--no-progress"])
+    assert rc != 0 and "image_max_pixels (1000) must be >= image_min_pixels (3136)" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "samples.jsonl").exists()

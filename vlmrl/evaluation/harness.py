@@ -301,11 +301,11 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
         traces_path.unlink()
     todo = [d for d in docs if d["doc_id"] not in done]
 
-    crop = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels", "image_max_pixels")
-            if getattr(settings, k)}
+    budgets = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels", "image_max_pixels")
+               if getattr(settings, k)}
     cfg = RolloutConfig(mode=settings.mode, max_turns=settings.max_turns, max_new_tokens=settings.max_new_tokens,
                         temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed,
-                        first_turn_prefix=settings.prefix, **crop)
+                        first_turn_prefix=settings.prefix, **budgets)
     mfn = messages_fn_for(task)
     engine = RolloutEngine(policy, cfg, messages_fn=mfn)
     K = settings.samples

@@ -53,6 +53,10 @@ class RolloutConfig:
             raise ValueError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
         if self.max_turns < 1:
             raise ValueError("max_turns must be >= 1")
+        for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
+            lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
+            if hi < lo:
+                raise ValueError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
 
 
 class PromptTooLong(ValueError):
