@@ -1,6 +1,9 @@
 """The fast sampling paths give the results of the simple ones (no timing here: see tools/bench/rollout.py).
 
-- the in-place KVCache and its row operations equal plain tensor concatenation / indexing;
+- the in-place KVCache and its row operations equal plain tensor concatenation / indexing, with the prompt kept
+  once per group (`share_prefix`) as with it repeated per row;
+- attention over a group-shared prompt equals ordinary attention (a hand-computed case) and sdpa;
+- decoding through oneDNN-packed weights equals the modules, and follows the weights when they change;
 - a later turn that reuses a row's cache (only the new tokens prefilled) equals a full re-prefill, for greedy and
   seeded sampling, in Policy.generate and in two-turn tool rollouts, for the three Qwen-VL families;
 - the decoding loop's greedy tokens equal transformers' own `generate`;
@@ -8,6 +11,7 @@
 - the trainer's length-sorted no-grad pass returns each trajectory's own log-probs.
 """
 
+import math
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -15,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl.models.decoding import DecodeStep, can_fuse
+from vlmrl.models.decoding import DecodeStep, PackedLinears, attend_shared_prefix, can_fuse
 from vlmrl.models.kvcache import BufferLayer, KVCache, compaction_runs
 from vlmrl.models.policy import Seq
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
@@ -86,6 +90,140 @@ def test_buffer_layer_matches_concatenation_and_indexing():
     layer.compact([1, 0], runs[::-1], 5, reserve=1)  # kept rows in a new order
     assert torch.equal(layer.keys[1, :, 2:], keys[4][:, [1, 2, 4]]) and torch.equal(layer.values[0], vals[1][:, :5])
     assert (layer.keys[1, :, :2] == 0).all()
+
+
+def test_shared_prefix_layer_equals_a_repeated_one():
+    """A prompt cache kept once for its G rows (decoded tokens in each row's own buffer, growing past the
+    reserve) holds, column for column, what the repeated cache holds, and compacts to the same rows."""
+    g = torch.Generator().manual_seed(1)
+    k0, v0 = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    shared, plain = BufferLayer(reserve=2), BufferLayer(reserve=2)
+    for layer in (shared, plain):
+        layer.update(k0, v0)
+    shared.share_prefix(3)
+    plain.batch_repeat_interleave(3)
+    assert shared.prefix_len == 4 and shared.keys.shape == (6, 3, 0, 5)
+    for _ in range(3):
+        k1, v1 = torch.randn(6, 3, 1, 5, generator=g), torch.randn(6, 3, 1, 5, generator=g)
+        out_k, _ = shared.update(k1, v1)
+        plain.update(k1, v1)
+        assert torch.equal(out_k, plain.keys[:, :, 4:])  # the rows' own columns
+    assert shared.get_seq_length() == plain.get_seq_length() == 7
+    assert torch.equal(shared.prefix[0], k0) and torch.equal(shared.prefix[1], v0)
+    valid = torch.ones(6, 7, dtype=torch.bool)
+    valid[4, [0, 5]] = False  # a padded prompt column and an idle step
+    runs, _ = compaction_runs(valid, [5, 6, 7])  # runs that cross the prompt/own-buffer boundary
+    for layer in (shared, plain):
+        layer.compact([0, 4, 5], runs, 7, reserve=1)
+    assert shared.prefix is None and shared.group == 1
+    assert torch.equal(shared.keys, plain.keys) and torch.equal(shared.values, plain.values)
+    with pytest.raises(ValueError, match="compact them first"):
+        layer = BufferLayer()
+        layer.update(k0, v0)
+        layer.share_prefix(2)
+        layer.batch_repeat_interleave(2)
+
+
+def test_attention_over_a_shared_prompt_by_hand():
+    """One prompt (2 keys), G=2 rows, one kv head, one query head, d=1: softmax over [prompt, own] scores."""
+    q = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
+    pk, pv = torch.tensor([1.0, -1.0]).view(1, 1, 2, 1), torch.tensor([10.0, 20.0]).view(1, 1, 2, 1)
+    keys, values = torch.tensor([0.5, 0.0]).view(2, 1, 1, 1), torch.tensor([30.0, 40.0]).view(2, 1, 1, 1)
+    zero = torch.zeros(1, 1, 1, 2), torch.zeros(2, 1, 1, 1)
+    out = attend_shared_prefix(q, pk, pv, keys, values, *zero, scale=1.0).flatten()
+    # row 0: scores [1, -1, 0.5] -> softmax weights on [10, 20, 30]; row 1: scores [2, -2, 0] on [10, 20, 40]
+    for row, (scores, vals) in enumerate((([1.0, -1.0, 0.5], [10.0, 20.0, 30.0]), ([2.0, -2.0, 0.0], [10.0, 20.0, 40.0]))):
+        e = [math.exp(s) for s in scores]
+        assert out[row].item() == pytest.approx(sum(w * v for w, v in zip(e, vals)) / sum(e), rel=1e-6)
+    # a masked prompt column (-inf) takes no weight
+    pmask = torch.tensor([0.0, float("-inf")]).view(1, 1, 1, 2)
+    out = attend_shared_prefix(q, pk, pv, keys, values, pmask, zero[1], scale=1.0).flatten()
+    e = [math.exp(1.0), math.exp(0.5)]
+    assert out[0].item() == pytest.approx((10 * e[0] + 30 * e[1]) / sum(e), rel=1e-6)
+
+
+def test_attention_over_a_shared_prompt_equals_sdpa_on_the_repeated_cache():
+    g = torch.Generator().manual_seed(2)
+    B, G, H, gq, d, P, T = 2, 3, 2, 2, 8, 5, 4
+    q = torch.randn(B * G, H, gq, d, generator=g)
+    pk, pv = torch.randn(B, H, P, d, generator=g), torch.randn(B, H, P, d, generator=g)
+    keys, values = torch.randn(B * G, H, T, d, generator=g), torch.randn(B * G, H, T, d, generator=g)
+    valid = torch.ones(B * G, P + T, dtype=torch.bool)
+    valid[G:, :2] = False  # prompt 1 is left-padded
+    valid[1, P + 2] = False  # a row that sat out a step
+    additive = torch.zeros(valid.shape).masked_fill(~valid, float("-inf"))[:, None, None]
+    out = attend_shared_prefix(q, pk, pv, keys, values, additive[::G, ..., :P], additive[..., P:], scale=0.3)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([pk.repeat_interleave(G, 0), keys], 2), torch.cat([pv.repeat_interleave(G, 0), values], 2),
+        attn_mask=additive, scale=0.3)
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_packed_linear_weights_equal_the_modules_and_follow_updates():
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(16, 24), torch.randn(3, 1, 16)
+    packs = PackedLinears()
+    with torch.inference_mode():
+        assert torch.allclose(packs.linear(lin, x), lin(x), atol=1e-5)
+    if packs.enabled:
+        assert lin in packs._packs  # the packed path ran
+    with torch.no_grad():
+        lin.weight.mul_(-2.0)  # an optimizer step changes the weight in place
+    with torch.inference_mode():
+        assert torch.allclose(packs.linear(lin, x), lin(x), atol=1e-5)
+    hooked = torch.nn.Linear(16, 24)
+    hooked.register_forward_hook(lambda m, i, o: o + 1.0)
+    with torch.inference_mode():
+        assert torch.allclose(packs.linear(hooked, x), hooked(x))  # hooks run: not packed
+    assert hooked not in packs._packs
+    assert PackedLinears(enabled=False).linear(lin, x).shape == (3, 1, 24)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_with_shared_prompt_cache_and_packed_weights_equals_the_plain_path(family, tiny_policies, monkeypatch):
+    """G samples of each prompt: the same tokens, log-probs and second-turn cache reuse with the prompt cache
+    kept once per group and oneDNN-packed weights as with the cache repeated per row and the modules."""
+    pol = tiny_policies[family]
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
+    kw = dict(max_new_tokens=[6, 10], num_samples=3, temperature=1.0)
+    fast = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert fast[0].kv.state.cache.layers[0].prefix is not None  # the shared layout was used
+    monkeypatch.setattr(pol, "share_prompt_cache", False)
+    monkeypatch.setattr(pol, "decode_linears", PackedLinears(enabled=False))
+    plain = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert plain[0].kv.state.cache.layers[0].prefix is None
+    _assert_same(fast, plain)
+    more = pol.tokenizer.encode("<|im_end|>\n<|im_start|>user\nok<|im_end|>\n<|im_start|>assistant\n",
+                                add_special_tokens=False)
+    for gens in (fast, plain):  # continuing from either cache: only the new tokens are prefilled
+        seqs = [Seq(prompts[i // 3].ids + g.ids + more, prompts[i // 3].images, kv=g.kv) for i, g in enumerate(gens)]
+        out = pol.generate(seqs[::2], max_new_tokens=5, temperature=0)
+        assert gens[0].kv.state.cache is None  # the cache was taken (reused)
+        if gens is fast:
+            first = out
+    _assert_same(first, out)
+
+
+def test_packed_decoding_follows_an_optimizer_step(tiny_dirs):
+    """The packed weight copies made by one rollout are replaced after the weights change, so the next
+    rollout samples from the updated policy (the same as decoding through the modules)."""
+    from vlmrl.models.policy import Policy
+
+    pol = Policy.load(tiny_dirs["qwen2_vl"], dtype="float32", device="cpu")
+    f = pol.factor
+    prompts = [_prompt(pol, (2 * f, 2 * f), "Q")]
+    before = pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2)
+    params = [p for p in pol.model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    opt.step()
+    after = pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2)
+    pol.decode_linears = PackedLinears(enabled=False)
+    _assert_same(after, pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2))
+    assert [g.logprobs for g in after] != [g.logprobs for g in before]
 
 
 # --------------------------------------------------------------------------- KV reuse across turns

@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from vlmrl.models.decoding import PackedLinears  # noqa: E402
 from vlmrl.models.policy import Policy  # noqa: E402
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine  # noqa: E402
 
@@ -80,8 +81,8 @@ class BenchPolicy(Policy):
 
     `force_call=True`: turn 0 of each rollout decodes the fixed `CALL_TEXT` for every row (`force_tokens`: each
     token costs one decoding step, as if sampled, and the row's cache goes on to turn 1 as in a real rollout);
-    later turns sample for real. Call `start()` before each rollout. The eos ids are replaced by `<|image_pad|>`,
-    which sampling never emits, so no row stops early.
+    later turns sample for real. Call `start()` before each rollout (it also drops the packed decode weights).
+    The eos ids are replaced by `<|image_pad|>`, which sampling never emits, so no row stops early.
     """
 
     def __init__(self, base: Policy, new_tokens: int, force_call: bool = False):
@@ -94,7 +95,10 @@ class BenchPolicy(Policy):
         self.call_ids = self.tokenizer.encode(CALL_TEXT, add_special_tokens=False)
 
     def start(self) -> None:
+        """Before each rollout. The decoding step's packed weight copies are dropped, so each rollout packs them
+        again and pays for it, as in training, where the weights change between rollouts."""
         self.turn, self.sampled_tokens = 0, 0
+        self.decode_linears = PackedLinears()
 
     def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
                  generator=None):

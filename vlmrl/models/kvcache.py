@@ -4,6 +4,11 @@
   token in place. (HF's `DynamicCache` concatenates the whole cache at every decoding step, which is the
   largest per-step cost of small models on CPU.) Rows can be repeated (G samples of a prompt), selected and
   compacted: `compact` copies, per kept row, the columns that hold its real tokens, right-aligned.
+  `share_prefix(G)` is the cheaper way to give a prompt's cache to its G samples: the prompt's keys/values stay
+  stored once per prompt (the layer's `prefix`) and each row gets a buffer of its own for the tokens it decodes;
+  a decoding step then reads the prompt's cache once per group instead of G times
+  (`vlmrl.models.decoding.attend_shared_prefix`). Column c of a row is prefix column c for c < P, then its
+  own buffer, so masks, `compact` and KV refs see the same layout as after a repeat.
 - `KVState`: the cache one `Policy.generate` call ends with, plus which columns of each row hold real tokens.
 - `KVRef`: one row of a `KVState` and the tokens (and images) whose keys/values it holds. `Policy.generate`
   returns one per sampled row (`Generation.kv`); a later call given `Seq(..., kv=ref)` whose ids extend
@@ -28,6 +33,8 @@ class BufferLayer(DynamicLayer):
         self.reserve = reserve  # spare columns to allocate beyond the first update (the decoding steps)
         self.kbuf = self.vbuf = None
         self.length = 0
+        self.prefix = None  # (keys, values) [B, H, P, D] shared by each run of `group` rows, or None
+        self.group = 1
 
     def _set(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         """Fresh buffers of `capacity` columns holding `keys`/`values` [B, H, L, D] at the start."""
@@ -59,7 +66,38 @@ class BufferLayer(DynamicLayer):
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
+        return (self.prefix_len + self.length) if self.is_initialized else 0
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix[0].shape[2] if self.prefix is not None else 0
+
+    def share_prefix(self, group: int) -> None:
+        """Hand the cached rows to `group` samples each without copying them: they become the shared prefix,
+        and each of the B*group rows gets an empty buffer with the spare capacity the buffers had."""
+        if self.prefix is not None:
+            raise ValueError("the cache already has a shared prefix")
+        spare = self.kbuf.shape[2] - self.length
+        self.prefix = (self.keys.contiguous(), self.values.contiguous())
+        self.group = group
+        B, H, _, D = self.keys.shape
+        self.kbuf = self.kbuf.new_empty((B * group, H, max(spare, 1), D))
+        self.vbuf = self.vbuf.new_empty((B * group, H, max(spare, 1), self.vbuf.shape[-1]))
+        self.length = 0
+        self._views()
+
+    def _columns(self, row: int, start: int, n: int):
+        """Keys and values of `row`'s columns start..start+n (one piece, or two across the shared prefix)."""
+        P = self.prefix_len
+        out = []
+        if start < P:
+            pk, pv = self.prefix
+            end = min(start + n, P)
+            out.append((pk[row // self.group, :, start:end], pv[row // self.group, :, start:end]))
+            n, start = n - (end - start), end
+        if n > 0:
+            out.append((self.keys[row, :, start - P:start - P + n], self.values[row, :, start - P:start - P + n]))
+        return out
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
@@ -69,17 +107,22 @@ class BufferLayer(DynamicLayer):
             self._views()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.prefix is not None:
+            raise ValueError("rows with a shared prefix cannot be repeated; compact them first")
         if self.is_initialized:
             self._set(self.keys.repeat_interleave(repeats, 0), self.values.repeat_interleave(repeats, 0),
                       self.kbuf.shape[2])
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.prefix is not None:
+            raise ValueError("rows with a shared prefix cannot be selected; compact them first")
         if self.is_initialized:
             self._set(self.keys[indices], self.values[indices], self.kbuf.shape[2])
 
     def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int) -> None:
         """Keep `rows`; kept row j holds old row `rows[j]`'s column runs `runs[j]` ((start, length) pairs, in
-        order), right-aligned in `width` columns (the columns left of them are never attended)."""
+        order), right-aligned in `width` columns (the columns left of them are never attended). A shared prefix
+        is copied into each kept row's own columns (the result has none)."""
         H = self.keys.shape[1]
         keys = self.kbuf.new_empty((len(rows), H, width + reserve, self.keys.shape[-1]))
         values = self.vbuf.new_empty((len(rows), H, width + reserve, self.values.shape[-1]))
@@ -88,15 +131,18 @@ class BufferLayer(DynamicLayer):
         for j, (r, row_runs) in enumerate(zip(rows, runs)):
             dst = width - sum(n for _, n in row_runs)
             for start, n in row_runs:
-                keys[j, :, dst:dst + n] = self.keys[r, :, start:start + n]
-                values[j, :, dst:dst + n] = self.values[r, :, start:start + n]
-                dst += n
+                for k, v in self._columns(r, start, n):
+                    keys[j, :, dst:dst + k.shape[1]] = k
+                    values[j, :, dst:dst + k.shape[1]] = v
+                    dst += k.shape[1]
         self.kbuf, self.vbuf, self.length = keys, values, width
+        self.prefix, self.group = None, 1
         self._views()
 
     def reset(self) -> None:
         self.kbuf = self.vbuf = None
         self.length = 0
+        self.prefix, self.group = None, 1
         super().reset()
 
 
@@ -109,6 +155,10 @@ class KVCache(DynamicCache):
     def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int = 0) -> None:
         for layer in self.layers:
             layer.compact(rows, runs, width, reserve)
+
+    def share_prefix(self, group: int) -> None:
+        for layer in self.layers:
+            layer.share_prefix(group)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vlmrl.data.vision import FAMILY_PATCH, image_factor
-from vlmrl.models.decoding import DecodeStep
+from vlmrl.models.decoding import DecodeStep, PackedLinears, can_fuse
 from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
@@ -74,9 +74,13 @@ class _Rows:
     valid: torch.Tensor
     covered: list[tuple[list[int], list]]
 
-    def repeat(self, k: int) -> "_Rows":
+    def repeat(self, k: int, share: bool = False) -> "_Rows":
+        """Each row becomes k rows; `share`: the cache keeps each prompt once (`KVCache.share_prefix`)."""
         if k > 1:
-            self.cache.batch_repeat_interleave(k)
+            if share:
+                self.cache.share_prefix(k)
+            else:
+                self.cache.batch_repeat_interleave(k)
             self.logits, self.pos, self.valid = (x.repeat_interleave(k, 0) for x in (self.logits, self.pos, self.valid))
             self.covered = [c for c in self.covered for _ in range(k)]
         return self
@@ -137,6 +141,12 @@ class Policy:
         self.eos_token_ids = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None})
         self.banned_token_ids = [tok.convert_tokens_to_ids(t) for t in VISION_SPECIAL]
         self._banned = None
+        # sampling: a prompt's KV cache is kept once for its samples (KVCache.share_prefix) when the fused
+        # decoding step applies; False repeats it per sample (the same results, more memory traffic)
+        self.share_prompt_cache = True
+        # sampling on CPU in float32: decoding steps use oneDNN-packed copies of the linear weights (a second
+        # copy of the language model's weights, refreshed when they change); False: the modules as they are
+        self.decode_linears = PackedLinears()
 
     # ------------------------------------------------------------------ loading
 
@@ -423,7 +433,9 @@ class Policy:
         was_training = self.model.training
         self.model.eval()
         try:
-            rows = self._prefill(prompts, reserve=max(caps)).repeat(num_samples)
+            rows = self._prefill(prompts, reserve=max(caps))
+            rows = rows.repeat(num_samples, share=self.share_prompt_cache and can_fuse(self.core.model.language_model,
+                                                                                         rows.cache))
             caps = [c for c in caps for _ in range(num_samples)]
             return self._decode(rows, caps, temperature, top_p, stop_strings, generator)
         finally:
@@ -496,7 +508,8 @@ class Policy:
         length = torch.zeros(n, dtype=torch.long, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         stopped = torch.zeros_like(done)
-        step_fn = DecodeStep(self.core, rows.cache, int(rows.pos.min()), int(rows.pos.max()) + steps)
+        step_fn = DecodeStep(self.core, rows.cache, int(rows.pos.min()), int(rows.pos.max()) + steps,
+                             linears=self.decode_linears)
         logits, pos, temp = rows.logits, rows.pos, (temperature if temperature > 0 else 1.0)
         for step in range(steps):  # ends by `break`: at the last step every row has reached its cap
             logp = self._logp_from_logits(logits, temp)
