@@ -162,7 +162,8 @@ def test_attention_over_a_shared_prompt_equals_sdpa_on_the_repeated_cache():
 def test_packed_linear_weights_equal_the_modules_and_follow_updates():
     torch.manual_seed(0)
     lin, x = torch.nn.Linear(16, 24), torch.randn(3, 1, 16)
-    packs = PackedLinears()
+    assert PackedLinears()._packed(lin, x) is None  # by default a weight this small is not worth packing
+    packs = PackedLinears(min_numel=0)
     with torch.inference_mode():
         assert torch.allclose(packs.linear(lin, x), lin(x), atol=1e-5)
     if packs.enabled:
@@ -187,8 +188,14 @@ def test_sampling_with_shared_prompt_cache_and_packed_weights_equals_the_plain_p
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
     kw = dict(max_new_tokens=[6, 10], num_samples=3, temperature=1.0)
+    plain_default = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert plain_default[0].kv.state.cache.layers[0].prefix is None  # a tiny model's prompt: not worth it
+    # the fast paths, which the tiny models are under the size thresholds of
+    monkeypatch.setattr(pol, "share_prompt_min", 0)
+    monkeypatch.setattr(pol, "decode_linears", PackedLinears(min_numel=0))
     fast = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
     assert fast[0].kv.state.cache.layers[0].prefix is not None  # the shared layout was used
+    assert len(pol.decode_linears._packs) > 0  # and packed weights
     monkeypatch.setattr(pol, "share_prompt_cache", False)
     monkeypatch.setattr(pol, "decode_linears", PackedLinears(enabled=False))
     plain = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
@@ -211,6 +218,7 @@ def test_packed_decoding_follows_an_optimizer_step(tiny_dirs):
     from vlmrl.models.policy import Policy
 
     pol = Policy.load(tiny_dirs["qwen2_vl"], dtype="float32", device="cpu")
+    pol.decode_linears, pol.share_prompt_min = PackedLinears(min_numel=0), 0
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "Q")]
     before = pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2)

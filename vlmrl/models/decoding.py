@@ -51,10 +51,13 @@ class PackedLinears:
     """Decode-time copies of `nn.Linear` weights in oneDNN's blocked layout, made on first use and again whenever
     the weight changes (an optimizer step bumps its version). `linear(module, x)` is `module(x)`, through the
     packed copy when the module is a plain float32 CPU `nn.Linear` without hooks (so LoRA-wrapped layers and
-    hooked ones run as they are). Holds one copy of the weights it has packed (freed with the modules)."""
+    hooked ones run as they are) whose weight has at least `min_numel` entries: below that (256 x 256 included)
+    oneDNN's per-call overhead (~15 us) and the packing itself (>= ~150 us per weight) cost more than its faster
+    product saves. Holds one copy of the weights it has packed (freed with the modules)."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, min_numel: int = 1 << 17):
         self.enabled = enabled and torch.backends.mkldnn.is_available()
+        self.min_numel = min_numel
         self._packs = weakref.WeakKeyDictionary()  # module -> ((data_ptr, version), packed weight)
 
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,8 @@ class PackedLinears:
     def _packed(self, module, x: torch.Tensor):
         w = getattr(module, "weight", None)
         if (type(module) is not nn.Linear or module._forward_hooks or module._forward_pre_hooks
-                or w.device.type != "cpu" or w.dtype != torch.float32 or x.dtype != torch.float32):
+                or w.numel() < self.min_numel or w.device.type != "cpu" or w.dtype != torch.float32
+                or x.dtype != torch.float32):
             return None
         stamp = (w.data_ptr(), w._version)
         hit = self._packs.get(module)

@@ -144,6 +144,7 @@ class Policy:
         # sampling: a prompt's KV cache is kept once for its samples (KVCache.share_prefix) when the fused
         # decoding step applies; False repeats it per sample (the same results, more memory traffic)
         self.share_prompt_cache = True
+        self.share_prompt_min = 1 << 14
         # sampling on CPU in float32: decoding steps use oneDNN-packed copies of the linear weights (a second
         # copy of the language model's weights, refreshed when they change); False: the modules as they are
         self.decode_linears = PackedLinears()
@@ -434,13 +435,21 @@ class Policy:
         self.model.eval()
         try:
             rows = self._prefill(prompts, reserve=max(caps))
-            rows = rows.repeat(num_samples, share=self.share_prompt_cache and can_fuse(self.core.model.language_model,
-                                                                                         rows.cache))
+            rows = rows.repeat(num_samples, share=self._share_prompt(rows))
             caps = [c for c in caps for _ in range(num_samples)]
             return self._decode(rows, caps, temperature, top_p, stop_strings, generator)
         finally:
             if was_training:
                 self.model.train()
+
+    def _share_prompt(self, rows: _Rows) -> bool:
+        """Whether the G samples of each prompt read one copy of its cache (`KVCache.share_prefix`): with the
+        fused decoding step, and when a row's prompt keys per layer (kv heads x tokens x head dim) number at
+        least `share_prompt_min`; below that the few extra small ops per step cost more than they save."""
+        if not (self.share_prompt_cache and can_fuse(self.core.model.language_model, rows.cache)):
+            return False
+        keys = rows.cache.layers[0].keys
+        return keys.shape[1] * keys.shape[2] * keys.shape[3] >= self.share_prompt_min
 
     def _new_cache(self, reserve: int):
         """A KVCache (written in place) for full-attention models; HF's DynamicCache otherwise."""
