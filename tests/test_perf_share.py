@@ -322,3 +322,27 @@ def test_trainer_step_with_and_without_sharing_agree(extra, tiny_dirs, zoom_data
     assert {"loss/total", "grad_norm", "perception_kl"} <= set(keys) and a["grad_norm"] > 0
     for k in keys:
         assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_lm_head_runs_only_at_scored_positions(share, tiny_policies, monkeypatch):
+    """The LM head sees exactly one position per masked token (none for a tool observation between two
+    turns), and the log-probs, entropies and gradients equal those of the column-range path transformers
+    without boolean `logits_to_keep` take."""
+    pol = tiny_policies["qwen2_5_vl"]
+    f = pol.factor
+    a = _prompt(pol, (4 * f, 4 * f), "Where?")
+    seqs, mask = _batch(_tool_rows(pol, a, [(6, (2 * f, 4 * f), 5), (4, None, 0), (8, (2 * f, 2 * f), 2)]))
+    assert pol._bool_logits_to_keep()  # the installed transformers takes a boolean mask
+    seen = []
+    handle = pol.core.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[:-1].numel()))
+    try:
+        lp1, ent1, g1 = _run(pol, seqs, mask, share=share)
+    finally:
+        handle.remove()
+    assert seen[-1] == int(mask.sum())
+    monkeypatch.setattr(pol, "_bool_keep", False)
+    lp2, ent2, g2 = _run(pol, seqs, mask, share=share)
+    assert torch.allclose(lp1, lp2, atol=1e-5) and torch.allclose(ent1, ent2, atol=1e-5)
+    for n in g1:
+        assert (g1[n] - g2[n]).abs().max() <= 1e-4 * g2[n].abs().max() + 1e-9, n

@@ -141,6 +141,7 @@ class Policy:
         self.eos_token_ids = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None})
         self.banned_token_ids = [tok.convert_tokens_to_ids(t) for t in VISION_SPECIAL]
         self._banned = None
+        self._bool_keep = None  # see _bool_logits_to_keep
         # sampling: a prompt's KV cache is kept once for its samples (KVCache.share_prefix) when the fused
         # decoding step applies; False repeats it per sample (the same results, more memory traffic)
         self.share_prompt_cache = True
@@ -289,16 +290,21 @@ class Policy:
         ent = torch.zeros_like(out)
         if cols.numel() == 0:
             return (out, ent) if with_entropy else out
-        first = int(cols[0])
-        shared = self._shared_prefix_logits(seqs, mask, T - first + 1) if share_prefix and batch is None else None
+        # the LM head runs only where it is needed: at exactly the positions that predict a masked token (a
+        # boolean logits_to_keep, so a tool observation costs no vocabulary work), or, on transformers that lack
+        # it, from the first such position on
+        first = int(cols[0]) if not self._bool_logits_to_keep() else 0
+        keep = torch.cat([mask[:, 1:], mask[:, :1] & False], dim=1) if not first else T - first + 1
+        shared = self._shared_prefix_logits(seqs, mask, keep) if share_prefix and batch is None else None
         if shared is not None:
             rows, logits = shared
         else:
             rows = torch.arange(len(ids), device=ids.device)
             batch = batch if batch is not None else self.collate(seqs, tokens)
-            logits = self.model(**batch, use_cache=False, logits_to_keep=T - first + 1).logits
+            logits = self.model(**batch, use_cache=False, logits_to_keep=keep).logits
         sel = mask[rows, first:]
-        logp_all = self._logp_from_logits(logits[:, :-1][sel], temperature)
+        logits = logits[:, :-1][sel] if first else logits  # [masked tokens, V], in sel's row-major order
+        logp_all = self._logp_from_logits(logits, temperature)
         targets = ids[rows, first:][sel]
         vals = torch.zeros(sel.shape, dtype=torch.float32, device=ids.device)
         vals[sel] = logp_all.gather(-1, targets[:, None]).squeeze(-1).to(vals.dtype)
@@ -310,6 +316,21 @@ class Policy:
         vals[sel] = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
         ent[rows, first:] = vals
         return out, ent
+
+    def _bool_logits_to_keep(self) -> bool:
+        """Whether the model takes a [B, T] boolean `logits_to_keep` (transformers' `slice_logits_to_keep`,
+        which returns the kept positions' logits flattened to [kept, V])."""
+        import sys
+
+        if self._bool_keep is None:
+            module = sys.modules.get(type(self.core).__module__)
+            helper = getattr(module, "slice_logits_to_keep", None)
+            try:
+                self._bool_keep = helper is not None and tuple(
+                    helper(torch.zeros(1, 2, 1), torch.tensor([[False, True]])).shape) == (1, 1)
+            except Exception:  # an older helper without boolean masks
+                self._bool_keep = False
+        return self._bool_keep
 
     def _can_share_prefix(self) -> bool:
         """Whether `logprobs(share_prefix=True)` may run a prompt once for its rows. It runs the model twice per
@@ -332,8 +353,8 @@ class Policy:
         return set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
 
     def _shared_prefix_logits(self, seqs: list[Seq], mask: torch.Tensor, keep: int):
-        """The logits `logprobs` needs (the last `keep` columns of the left-padded layout) of the rows that have a
-        masked token, computed with each distinct prompt run once; (row indices, logits [n, keep, V]), or None
+        """The logits `logprobs` needs (the last `keep` columns of the left-padded layout, or the positions a
+        boolean `keep` [B, T] marks) of the rows that have a masked token, computed with each distinct prompt run once; (row indices, logits [n, keep, V]), or None
         when sharing does not apply or would save nothing (then the caller runs its single pass).
 
         A row's prompt is everything before the token that precedes its first masked token, so every scored
@@ -377,6 +398,8 @@ class Policy:
         cache = DynamicCache(config=self.core.config.get_text_config())
         self.model(**pre, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.batch_select_indices(idx)  # each row gets its prompt's keys and values (an autograd index)
+        if isinstance(keep, torch.Tensor):  # a boolean mask over the whole layout: the parts are its last columns
+            keep = keep[torch.tensor(live, device=keep.device), T - inputs["input_ids"].shape[1]:]
         logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
         return torch.tensor(live, device=self.device), logits
 
