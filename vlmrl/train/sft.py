@@ -217,6 +217,10 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     if not 0.0 < s.adam_beta2 < 1.0:
         raise ValueError(f"sft.adam_beta2 must be in (0, 1), got {s.adam_beta2}")
     out = Path(s.output) if s.output else Path(cfg.train.output_dir) / "sft_model"
+    if cfg.train.keep_freed_memory:
+        from vlmrl.train.memory import keep_freed_memory
+
+        keep_freed_memory()
     seed = cfg.train.seed
     torch.manual_seed(seed)
     if policy is None:

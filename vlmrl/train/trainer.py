@@ -33,6 +33,7 @@ from vlmrl.config import Config, save_config
 from vlmrl.models.policy import Policy, Seq
 from vlmrl.rewards.trajectories import score_trajectories
 from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
+from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
 
 AGG_DEFAULT = {"grpo": "token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
@@ -122,6 +123,8 @@ class Trainer:
         win = cfg.algo.acc_window
         if win is not None and (len(win) != 2 or not 0 <= win[0] < win[1] <= 1):
             raise ValueError(f"algo.acc_window must be [low, high] with 0 <= low < high <= 1, got {win!r}")
+        if t.keep_freed_memory:
+            keep_freed_memory()
         cpu = cfg.model.device == "cpu" or not torch.cuda.is_available()
         self.acc = accelerator or Accelerator(cpu=cpu, log_with=t.log_with or None, project_dir=t.output_dir)
         self.out = Path(t.output_dir)
