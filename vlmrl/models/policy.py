@@ -19,6 +19,7 @@ only its new tokens, at the rope positions a full pass gives them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
 import torch
@@ -294,7 +295,7 @@ class Policy:
         # boolean logits_to_keep, so a tool observation costs no vocabulary work), or, on transformers that lack
         # it, from the first such position on
         first = int(cols[0]) if not self._bool_logits_to_keep() else 0
-        keep = torch.cat([mask[:, 1:], mask[:, :1] & False], dim=1) if not first else T - first + 1
+        keep = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1) if not first else T - first + 1
         shared = self._shared_prefix_logits(seqs, mask, keep) if share_prefix and batch is None else None
         if shared is not None:
             rows, logits = shared
@@ -320,8 +321,6 @@ class Policy:
     def _bool_logits_to_keep(self) -> bool:
         """Whether the model takes a [B, T] boolean `logits_to_keep` (transformers' `slice_logits_to_keep`,
         which returns the kept positions' logits flattened to [kept, V])."""
-        import sys
-
         if self._bool_keep is None:
             module = sys.modules.get(type(self.core).__module__)
             helper = getattr(module, "slice_logits_to_keep", None)
@@ -352,10 +351,11 @@ class Policy:
         cfg = self.core.config.get_text_config()
         return set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}
 
-    def _shared_prefix_logits(self, seqs: list[Seq], mask: torch.Tensor, keep: int):
-        """The logits `logprobs` needs (the last `keep` columns of the left-padded layout, or the positions a
-        boolean `keep` [B, T] marks) of the rows that have a masked token, computed with each distinct prompt run once; (row indices, logits [n, keep, V]), or None
-        when sharing does not apply or would save nothing (then the caller runs its single pass).
+    def _shared_prefix_logits(self, seqs: list[Seq], mask: torch.Tensor, keep: int | torch.Tensor):
+        """The logits `logprobs` needs (the last `keep` columns of the left-padded layout: [n, keep, V]; or the
+        positions a boolean `keep` [B, T] marks: [kept, V]) of the n rows that have a masked token, computed with
+        each distinct prompt run once; (row indices, logits), or None when sharing does not apply or would save
+        nothing (then the caller runs its single pass).
 
         A row's prompt is everything before the token that precedes its first masked token, so every scored
         token and the logit that predicts it lie in the row's own part. Rows whose prompts have the same ids and
