@@ -294,8 +294,9 @@ class Policy:
         # the LM head runs only where it is needed: at exactly the positions that predict a masked token (a
         # boolean logits_to_keep, so a tool observation costs no vocabulary work), or, on transformers that lack
         # it, from the first such position on
-        first = int(cols[0]) if not self._bool_logits_to_keep() else 0
-        keep = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1) if not first else T - first + 1
+        by_mask = self._bool_logits_to_keep()
+        first = 0 if by_mask else int(cols[0])  # the columns below are taken from `first` on
+        keep = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1) if by_mask else T - first + 1
         shared = self._shared_prefix_logits(seqs, mask, keep) if share_prefix and batch is None else None
         if shared is not None:
             rows, logits = shared
@@ -304,7 +305,7 @@ class Policy:
             batch = batch if batch is not None else self.collate(seqs, tokens)
             logits = self.model(**batch, use_cache=False, logits_to_keep=keep).logits
         sel = mask[rows, first:]
-        logits = logits[:, :-1][sel] if first else logits  # [masked tokens, V], in sel's row-major order
+        logits = logits if by_mask else logits[:, :-1][sel]  # [masked tokens, V], in sel's row-major order
         logp_all = self._logp_from_logits(logits, temperature)
         targets = ids[rows, first:][sel]
         vals = torch.zeros(sel.shape, dtype=torch.float32, device=ids.device)
