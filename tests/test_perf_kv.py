@@ -103,11 +103,16 @@ def test_shared_prefix_layer_equals_a_repeated_one():
     shared.share_prefix(3)
     plain.batch_repeat_interleave(3)
     assert shared.prefix_len == 4 and shared.keys.shape == (6, 3, 0, 5)
-    for _ in range(3):
+    for step in range(3):
         k1, v1 = torch.randn(6, 3, 1, 5, generator=g), torch.randn(6, 3, 1, 5, generator=g)
-        out_k, _ = shared.update(k1, v1)
-        plain.update(k1, v1)
-        assert torch.equal(out_k, plain.keys[:, :, 4:])  # the rows' own columns
+        if step < 2:  # the fused decoding step: the rows' own columns
+            out_k, _ = shared.append(k1, v1)
+            plain.update(k1, v1)
+            assert torch.equal(out_k, plain.keys[:, :, 4:])
+        else:  # a transformers forward: every column of each row, prompt included
+            out_k, out_v = shared.update(k1, v1)
+            full_k, full_v = plain.update(k1, v1)
+            assert torch.equal(out_k, full_k) and torch.equal(out_v, full_v)
     assert shared.get_seq_length() == plain.get_seq_length() == 7
     assert torch.equal(shared.prefix[0], k0) and torch.equal(shared.prefix[1], v0)
     valid = torch.ones(6, 7, dtype=torch.bool)
@@ -122,6 +127,47 @@ def test_shared_prefix_layer_equals_a_repeated_one():
         layer.update(k0, v0)
         layer.share_prefix(2)
         layer.batch_repeat_interleave(2)
+
+
+def test_compaction_can_keep_the_prompt_shared():
+    """Rows that go on to a later turn, the same number per prompt: compacting only their own columns (the prompt
+    stays stored once, reduced to the prompts still used) holds, column for column, what copying each row's
+    prompt into its own columns holds."""
+    g = torch.Generator().manual_seed(3)
+    P, G = 4, 3
+    k0, v0 = torch.randn(2, 2, P, 5, generator=g), torch.randn(2, 2, P, 5, generator=g)
+    shared, plain = BufferLayer(reserve=3), BufferLayer(reserve=3)
+    for layer in (shared, plain):
+        layer.update(k0, v0)
+    shared.share_prefix(G)
+    plain.batch_repeat_interleave(G)
+    for _ in range(3):
+        k1, v1 = torch.randn(6, 2, 1, 5, generator=g), torch.randn(6, 2, 1, 5, generator=g)
+        shared.append(k1, v1)
+        plain.update(k1, v1)
+    valid = torch.ones(6, P + 3, dtype=torch.bool)
+    valid[3:, 0] = False  # prompt 1 is left-padded
+    valid[4, P + 1] = False  # a row that sat out a step
+    rows, keep = [3, 4], [6, 5]  # two rows of prompt 1 go on, each with all its tokens
+    runs, full_valid = compaction_runs(valid[rows], keep)
+    plain.compact(rows, runs, max(keep), reserve=1)
+    own_runs, own_valid = compaction_runs(valid[rows][:, P:], [3, 2])
+    shared.compact(rows, [[(s + P, n) for s, n in r] for r in own_runs], 3, reserve=1, prefixes=[1])
+    assert shared.group == 2 and torch.equal(shared.prefix[0], k0[1:]) and torch.equal(shared.prefix[1], v0[1:])
+    k2, v2 = torch.randn(2, 2, 1, 5, generator=g), torch.randn(2, 2, 1, 5, generator=g)
+    got_k, got_v = shared.update(k2, v2)
+    want_k, want_v = plain.update(k2, v2)
+    # the same keys wherever a column is valid in both layouts: [prompt | own, right-aligned] vs right-aligned
+    mask_shared = torch.cat([valid[rows][:, :P], own_valid, torch.ones(2, 1, dtype=torch.bool)], 1)
+    mask_plain = torch.cat([full_valid, torch.ones(2, 1, dtype=torch.bool)], 1)
+    for j in range(2):
+        assert torch.equal(got_k[j][:, mask_shared[j]], want_k[j][:, mask_plain[j]])
+        assert torch.equal(got_v[j][:, mask_shared[j]], want_v[j][:, mask_plain[j]])
+    bad = BufferLayer()
+    bad.update(k0, v0)
+    bad.share_prefix(G)
+    with pytest.raises(ValueError, match="same number per kept prompt"):  # 2 rows of prompt 0, 1 of prompt 1
+        bad.compact([0, 1, 3], [[], [], []], 0, reserve=1, prefixes=[0, 1])
 
 
 def test_attention_over_a_shared_prompt_by_hand():
@@ -281,6 +327,45 @@ def test_reused_cache_equals_full_prefill(family, greedy, tiny_policies):
     assert torch.allclose(lp * mask, rec, atol=1e-5), ((lp - rec) * mask).abs().max()
 
 
+def _record_compactions(monkeypatch) -> list:
+    """The `prefixes` argument of every `KVCache.compact` call from here on (None: the prompt was copied)."""
+    calls, compact = [], KVCache.compact
+
+    def spy(self, *args, prefixes=None, **kwargs):
+        calls.append(prefixes)
+        return compact(self, *args, prefixes=prefixes, **kwargs)
+
+    monkeypatch.setattr(KVCache, "compact", spy)
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_later_turns_keep_the_shared_prompt_cache(family, tiny_policies, monkeypatch):
+    """Every row goes on for two more turns (a crop, then text): with the prompt cache kept once per group
+    through both compactions, tokens and log-probs equal those of the cache copied per row and of a full
+    prefill."""
+    pol = tiny_policies[family]
+    calls = _record_compactions(monkeypatch)
+    more = pol.tokenizer.encode("<|im_end|>\n<|im_start|>user\nok<|im_end|>\n<|im_start|>assistant\n",
+                                add_special_tokens=False)
+    kw = dict(max_new_tokens=6, temperature=1.0)
+    results = {}
+    for mode in ("shared", "copied", "full"):
+        monkeypatch.setattr(pol, "share_prompt_min", 0 if mode == "shared" else 1 << 60)
+        prompts, gens = _first_turn(pol, greedy=False)
+        assert (gens[0].kv.state.cache.layers[0].prefix is not None) == (mode == "shared")
+        reuse, full = _second_turn_seqs(pol, prompts, gens)
+        seqs = reuse if mode != "full" else full
+        second = pol.generate(seqs, generator=torch.Generator().manual_seed(5), **kw)
+        seqs = [Seq(s.ids + g.ids + more, s.images, kv=g.kv if mode != "full" else None)
+                for s, g in zip(seqs, second)]
+        third = pol.generate(seqs, generator=torch.Generator().manual_seed(6), **kw)
+        results[mode] = second + third
+    assert calls == [[0, 1], [0, 1], None, None]  # shared: both turns kept both prompts; copied: none
+    _assert_same(results["shared"], results["copied"])
+    _assert_same(results["shared"], results["full"])
+
+
 def test_used_or_mismatched_refs_fall_back_to_a_full_prefill(tiny_policies):
     pol = tiny_policies["qwen2_5_vl"]
     prompts, gens = _first_turn(pol, greedy=True)
@@ -328,10 +413,15 @@ def _samples():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, tiny_policies):
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, shared, tiny_policies, monkeypatch):
     """Turn 0 is decoded step by step (a crop call made certain), turn 1 samples for real: the trajectories with
-    KV reuse equal those with a full re-prefill, and teacher forcing reproduces turn 1's sampled log-probs."""
+    KV reuse equal those with a full re-prefill, and teacher forcing reproduces turn 1's sampled log-probs.
+    `shared`: the prompt cache is kept once per group in both turns (every row calls the tool)."""
     pol = tiny_policies[family]
+    if shared:
+        monkeypatch.setattr(pol, "share_prompt_min", 0)
+    calls = _record_compactions(monkeypatch)
     box = "0, 0, 112, 112" if family == "qwen2_5_vl" else "0, 0, 500, 500"
     call = pol.tokenizer.encode(CALL % box, add_special_tokens=False)
     runs = []
@@ -339,6 +429,7 @@ def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, tiny_polici
         with forced(pol.core.lm_head, call):
             runs.append(_tool_engine(pol, reuse_kv).rollout(_samples(), group_size=3))
     fast, slow = runs
+    assert calls == [[0, 1] if shared else None]  # the reusing run's one compaction
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in fast)
     for a, b in zip(fast, slow):
         assert a.ids == b.ids and a.response_mask == b.response_mask and a.turn_ids == b.turn_ids

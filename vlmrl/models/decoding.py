@@ -141,7 +141,7 @@ class DecodeStep:
         q = q * cos + q.roll(self.half, -1) * sin
         k = k * cos + k.roll(self.half, -1) * sin
         layer = self.cache.layers[i]
-        keys, values = layer.update(k, v)  # [n, kv_heads, W, d] (the rows' own columns)
+        keys, values = layer.append(k, v)  # [n, kv_heads, W, d] (the rows' own columns)
         # grouped-query attention: the query heads of one kv head become that head's query rows
         q = q.reshape(n, keys.shape[1], -1, d)
         if layer.prefix is not None:

@@ -8,7 +8,9 @@
   stored once per prompt (the layer's `prefix`) and each row gets a buffer of its own for the tokens it decodes;
   a decoding step then reads the prompt's cache once per group instead of G times
   (`vlmrl.models.decoding.attend_shared_prefix`). Column c of a row is prefix column c for c < P, then its
-  own buffer, so masks, `compact` and KV refs see the same layout as after a repeat.
+  own buffer, so masks, `compact` and KV refs see the same layout as after a repeat. A later tool turn keeps
+  the prefix shared when the rows that go on are the same number per prompt (`compact(..., prefixes=...)`);
+  otherwise compaction copies each row's prompt into its own columns.
 - `KVState`: the cache one `Policy.generate` call ends with, plus which columns of each row hold real tokens.
 - `KVRef`: one row of a `KVState` and the tokens (and images) whose keys/values it holds. `Policy.generate`
   returns one per sampled row (`Generation.kv`); a later call given `Seq(..., kv=ref)` whose ids extend
@@ -50,7 +52,8 @@ class BufferLayer(DynamicLayer):
         self.keys = self.kbuf[:, :, :self.length]
         self.values = self.vbuf[:, :, :self.length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Write new columns into the rows' own buffers; returns the own columns (the shared prefix excluded)."""
         n = key_states.shape[-2]
         if not self.is_initialized:
             self.dtype, self.device = key_states.dtype, key_states.device
@@ -64,6 +67,15 @@ class BufferLayer(DynamicLayer):
         self.length += n
         self._views()
         return self.keys, self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """The transformers attention's call: all of each row's columns, the shared prefix included (gathered into
+        a temporary per-row copy; the fused decoding step reads the prefix in place instead, via `append`)."""
+        keys, values = self.append(key_states, value_states)
+        if self.prefix is None:
+            return keys, values
+        pk, pv = (x.repeat_interleave(self.group, 0) for x in self.prefix)
+        return torch.cat([pk, keys], dim=2), torch.cat([pv, values], dim=2)
 
     def get_seq_length(self) -> int:
         return (self.prefix_len + self.length) if self.is_initialized else 0
@@ -119,10 +131,14 @@ class BufferLayer(DynamicLayer):
         if self.is_initialized:
             self._set(self.keys[indices], self.values[indices], self.kbuf.shape[2])
 
-    def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int) -> None:
+    def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int,
+                prefixes: list[int] | None = None) -> None:
         """Keep `rows`; kept row j holds old row `rows[j]`'s column runs `runs[j]` ((start, length) pairs, in
         order), right-aligned in `width` columns (the columns left of them are never attended). A shared prefix
-        is copied into each kept row's own columns (the result has none)."""
+        is copied into each kept row's own columns (the result has none), unless `prefixes` is given: then the
+        prefix stays shared, reduced to those prompts (in order), whose rows `rows` are, the same number per
+        prompt and prompt-major, and `runs`/`width` describe the rows' own columns only (runs start at or after
+        the prefix's P columns)."""
         H = self.keys.shape[1]
         keys = self.kbuf.new_empty((len(rows), H, width + reserve, self.keys.shape[-1]))
         values = self.vbuf.new_empty((len(rows), H, width + reserve, self.values.shape[-1]))
@@ -136,7 +152,16 @@ class BufferLayer(DynamicLayer):
                     values[j, :, dst:dst + k.shape[1]] = v
                     dst += k.shape[1]
         self.kbuf, self.vbuf, self.length = keys, values, width
-        self.prefix, self.group = None, 1
+        if prefixes is None:
+            self.prefix, self.group = None, 1
+        else:
+            if len(rows) % len(prefixes) or any(r // self.group != prefixes[j * len(prefixes) // len(rows)]
+                                                for j, r in enumerate(rows)):
+                raise ValueError("rows must be the same number per kept prompt, prompt-major")
+            if prefixes != list(range(self.prefix[0].shape[0])):
+                index = torch.tensor(prefixes, device=self.kbuf.device)
+                self.prefix = tuple(x.index_select(0, index) for x in self.prefix)
+            self.group = len(rows) // len(prefixes)
         self._views()
 
     def reset(self) -> None:
@@ -152,9 +177,10 @@ class KVCache(DynamicCache):
     def __init__(self, num_layers: int, reserve: int = 0):
         Cache.__init__(self, layers=[BufferLayer(reserve) for _ in range(num_layers)])
 
-    def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int = 0) -> None:
+    def compact(self, rows: list[int], runs: list[list[tuple[int, int]]], width: int, reserve: int = 0,
+                prefixes: list[int] | None = None) -> None:
         for layer in self.layers:
-            layer.compact(rows, runs, width, reserve)
+            layer.compact(rows, runs, width, reserve, prefixes)
 
     def share_prefix(self, group: int) -> None:
         for layer in self.layers:

@@ -517,9 +517,20 @@ class Policy:
             return None
         state = refs[0].state
         rows = [r.row for r in refs]
-        runs, valid = compaction_runs(state.valid[rows].cpu(), keep)
+        old = state.valid[rows].cpu()
         cache = state.take()
-        cache.compact(rows, runs, max(keep), reserve=inputs["input_ids"].shape[1] + reserve)
+        spare = inputs["input_ids"].shape[1] + reserve
+        P = cache.layers[0].prefix_len
+        prefixes = _kept_prefixes(cache.layers[0], rows, old[:, :P].sum(1).tolist(), keep)
+        if prefixes is None:  # each kept row gets its own copy of everything it keeps
+            runs, valid = compaction_runs(old, keep)
+            cache.compact(rows, runs, max(keep), reserve=spare)
+        else:  # the prompts stay stored once; only the rows' own columns are compacted
+            own = [k - int(c) for k, c in zip(keep, old[:, :P].sum(1))]
+            runs, valid = compaction_runs(old[:, P:], own)
+            cache.compact(rows, [[(s + P, n) for s, n in r] for r in runs], max(own), reserve=spare,
+                          prefixes=prefixes)
+            valid = torch.cat([old[:, :P], valid], dim=1)
         valid = torch.cat([valid.to(self.device), inputs["attention_mask"].bool()], dim=1)
         inputs["attention_mask"] = valid.long()
         logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -598,6 +609,20 @@ class Policy:
             else:
                 text.append(s)
         return ids, tuple(text)
+
+
+def _kept_prefixes(layer, rows: list[int], in_prompt: list[int], keep: list[int]) -> list[int] | None:
+    """The prompts whose shared cache (`KVCache.share_prefix`) the continuing `rows` can keep reading: when the
+    rows are the same number per prompt, prompt-major, and each keeps its whole prompt (`keep[j]` of its tokens
+    >= the `in_prompt[j]` that are prompt tokens). None otherwise, or when the cache has no shared prefix."""
+    if getattr(layer, "prefix", None) is None or not rows:
+        return None
+    owners = [r // layer.group for r in rows]
+    prefixes = list(dict.fromkeys(owners))
+    per = len(rows) // len(prefixes)
+    if owners != [p for p in prefixes for _ in range(per)] or any(k < c for k, c in zip(keep, in_prompt)):
+        return None
+    return prefixes
 
 
 def _same_seq(a: Seq, b: Seq) -> bool:
