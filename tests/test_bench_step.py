@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALLEST = ["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--new-tokens", "4", "--group-size", "2",
-            "--prompts", "1", "--rollout-repeats", "1", "--matmul-size", "256"]
+            "--prompts", "1", "--rollout-repeats", "1", "--matmul-size", "256", "--min-seconds", "0"]
 CASE_KEYS = ("times_s", "median_s", "min_s", "counts", "s_per_gen_token", "peak_rss_mb", "rss_baseline_mb",
              "rss_over_baseline_mb", "model_flops", "flops_per_s", "fraction_of_matmul_peak")
 
@@ -40,6 +40,16 @@ def _check_case(name, x, gen_tokens):
     c = x["counts"]
     assert c["rows"] == 2 and c["gen_tokens"] == gen_tokens, (name, c)
     assert c["completion_tokens_min"] == c["completion_tokens_max"]  # every row runs its full budget
+
+
+@pytest.mark.timeout(120)
+def test_short_steps_run_until_each_case_has_min_seconds(tmp_path):
+    report = _run(["--no-trl", "--no-rollout", "--in-process", "--cases", "dtpo_one_turn,vlmrl_grpo",
+                   "--min-seconds", "0.4"], tmp_path)
+    assert report["config"]["min_seconds"] == 0.4
+    for name, x in report["sizes"]["tiny"]["cases"].items():
+        assert len(x["times_s"]) > 1 and sum(x["times_s"]) >= 0.4, (name, x["times_s"])
+        assert len(x["times_s"]) < 200
 
 
 @pytest.mark.timeout(120)

@@ -13,7 +13,7 @@ Measured (see tools/bench/README.md for the details and the caveats):
    max_new_tokens=N)` on the same prompts, each repeated G times (B*G rows, B*G prefills), as a naive
    user would run it. Ratio: engine tok/s / generate tok/s.
 3. `tool_one_turn`: tool mode, turn 0 samples N tokens and makes no call (stops banned).
-   `tool_two_turn`: tool mode, turn 0 decodes a fixed valid crop call (a hook on the LM head makes each call
+   `tool_two_turn`: tool mode, turn 0 decodes a fixed valid crop call (the sampler makes each call
    token certain, so it is decoded step by step like a sampled one), the tool runs with the crop pixel budget
    of `recipes/dtpo.yaml`, and turn 1 samples N tokens per row (reusing the row's cache: only the tool
    observation is prefilled). Ratio: two-turn wall time per generated token (call + N) / one-turn's.
@@ -59,21 +59,24 @@ def _rss_mb() -> float:
 
 
 @contextmanager
-def force_tokens(lm_head, ids: list[int]):
-    """Within the block, the k-th call of `lm_head` makes token `ids[k]` certain (for every row)."""
-    pending = iter(ids)
+def force_tokens(policy: Policy, ids: list[int]):
+    """Within the block, the k-th next-token distribution `policy` samples from makes token `ids[k]` certain (for
+    every row). The logits are changed after the LM head (in `_logp_from_logits`), so the decoding step itself
+    runs as it does for sampled tokens, packed LM-head weights included."""
+    pending, plain = iter(ids), policy._logp_from_logits
 
-    def hook(module, inputs, output):
+    def logp(logits, temperature):
         t = next(pending, None)
         if t is not None:
-            output[..., t] += 1e4
-        return output
+            logits = logits.clone()
+            logits[..., t] += 1e4
+        return plain(logits, temperature)
 
-    handle = lm_head.register_forward_hook(hook)
+    policy._logp_from_logits = logp
     try:
         yield
     finally:
-        handle.remove()
+        del policy._logp_from_logits
 
 
 class BenchPolicy(Policy):
@@ -105,7 +108,7 @@ class BenchPolicy(Policy):
         turn, self.turn = self.turn, self.turn + 1
         kw = dict(temperature=temperature, top_p=top_p, num_samples=num_samples, generator=generator)
         if self.force_call and turn == 0:
-            with force_tokens(self.core.lm_head, self.call_ids):
+            with force_tokens(self, self.call_ids):
                 return super().generate(prompts, max_new_tokens=len(self.call_ids), stop_strings=("</tool_call>",),
                                         **kw)
         gens = super().generate(prompts, max_new_tokens=self.new_tokens, stop_strings=(), **kw)

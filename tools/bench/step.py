@@ -9,8 +9,9 @@ the same prompt with its image (the VLM path), B prompts x G samples, N sampled 
 - `vlmrl_papo`: as vlmrl_grpo plus PAPO (recipes/papo_g.yaml's gamma 0.02, patch 14, p 0.6, clip 0.2/0.3), beta 0;
 - `dtpo_one_turn`: algo dtpo in the crop-tool loop (recipes/dtpo.yaml: half-resolution first view, crop pixels
   3136..50176, clip 0.2/0.24, entropy 0.001), the policy answers in one turn of N tokens;
-- `dtpo_two_turn`: the same, but turn 0 decodes a fixed valid crop call (each call token made certain by a hook
-  on the LM head, so it costs a decoding step like a sampled one), the crop is observed, turn 1 samples N tokens.
+- `dtpo_two_turn`: the same, but turn 0 decodes a fixed valid crop call (the sampler makes each call token
+  certain after the LM head, so it costs a decoding step like a sampled one), the crop is observed, turn 1
+  samples N tokens.
 
 Every sampled turn runs exactly its budget (EOS and stop strings can never end it), so work is equal across cases.
 Torch runs one thread per case by default (`--threads`): with two threads on a 2-core machine shared with other
@@ -59,6 +60,7 @@ BENCH_SIZES = {
 # A valid crop call for qwen2_5_vl (absolute pixels of the 112x112 half-resolution first view of a 224x224 image).
 CALL_TEXT = '<think>zoom</think><tool_call>{"name": "crop", "arguments": {"bbox_2d": [10, 10, 60, 60]}}</tool_call>'
 CROP_MIN_PIXELS, CROP_MAX_PIXELS = 3136, 50176  # recipes/dtpo.yaml, recipes/quickstart.yaml
+MAX_ROUNDS = 200  # timed rounds at most, whatever `min_seconds` asks
 STEP_CASES = ("vlmrl_grpo", "trl_grpo", "vlmrl_papo", "dtpo_one_turn", "dtpo_two_turn")
 # target name -> (goal, "<=" or ">=")
 TARGETS = {
@@ -103,9 +105,9 @@ def _beside(name: str):
     return importlib.import_module(name)
 
 
-def forced_tokens(lm_head, ids: list[int]):
-    """Within the block, the k-th call of `lm_head` makes token `ids[k]` certain (rollout.py's `force_tokens`)."""
-    return _beside("rollout").force_tokens(lm_head, ids)
+def forced_tokens(policy, ids: list[int]):
+    """Within the block, the k-th token `policy` samples is `ids[k]` (rollout.py's `force_tokens`)."""
+    return _beside("rollout").force_tokens(policy, ids)
 
 
 def bench_policy(base, call_text: str | None = None):
@@ -129,7 +131,7 @@ def bench_policy(base, call_text: str | None = None):
                      generator=None, **kwargs):
             kw = dict(temperature=temperature, top_p=top_p, num_samples=num_samples, generator=generator, **kwargs)
             if self.call_ids and not any(self.response_tag in p.ids for p in prompts):
-                with forced_tokens(self.core.lm_head, self.call_ids):
+                with forced_tokens(self, self.call_ids):
                     gens = super().generate(prompts, max_new_tokens=len(self.call_ids),
                                             stop_strings=("</tool_call>",), **kw)
                 if any(g.ids != self.call_ids for g in gens):
@@ -397,8 +399,10 @@ class Worker:
 
 
 def run_cases(specs: dict[str, dict], warmup: int, steps: int, log_dir: Path, timeout: float,
-              in_process: bool = False) -> dict:
-    """Start every case, then `warmup` + `steps` round-robin rounds; returns name -> raw result (or error)."""
+              in_process: bool = False, min_seconds: float = 0.0) -> dict:
+    """Start every case, then `warmup` + `steps` round-robin rounds, and more rounds (at most `MAX_ROUNDS`) while
+    a case's timed steps add up to less than `min_seconds` (short steps need more of them for a steady median);
+    returns name -> raw result (or error)."""
     out: dict[str, dict] = {}
     workers = {name: Local(spec, name) if in_process else Worker(name, spec, log_dir, timeout)
                for name, spec in specs.items()}
@@ -409,7 +413,9 @@ def run_cases(specs: dict[str, dict], warmup: int, steps: int, log_dir: Path, ti
             live[name] = w
         except WorkerError as e:
             out[name] = {"error": str(e)}
-    for r in range(warmup + steps):
+    r = 0
+    while live and (r < warmup + steps or (r < warmup + MAX_ROUNDS and min(
+            sum(x.get("time_s", 0.0) for x in out[name]["steps"]) for name in live) < min_seconds)):
         for name, w in list(live.items()):
             try:
                 reply = w.ask("step")
@@ -419,6 +425,7 @@ def run_cases(specs: dict[str, dict], warmup: int, steps: int, log_dir: Path, ti
                 continue
             if r >= warmup:
                 out[name]["steps"].append(reply)
+        r += 1
     for name, w in live.items():
         try:
             out[name]["peak_rss_mb"] = w.ask("quit")["peak_rss_mb"]
@@ -617,7 +624,7 @@ def run_step_bench(sizes=("tiny", "30m"), prompts: int = 1, group_size: int = 8,
                    steps: int = 5, warmup: int = 1, lr: float = 1e-4, trl: bool = True, rollout: bool = True,
                    rollout_repeats: int = 3, seed: int = 0, out: str | Path | None = DEFAULT_OUT,
                    timeout: float = 600.0, cases: tuple[str, ...] = STEP_CASES, in_process: bool = False,
-                   matmul_size: int = 2048, threads: int = 1) -> dict:
+                   matmul_size: int = 2048, threads: int = 1, min_seconds: float = 0.0) -> dict:
     from vlmrl.data import make_zoom_dataset
     from vlmrl.models.tiny import SIZES, make_tiny
 
@@ -654,7 +661,7 @@ def run_step_bench(sizes=("tiny", "30m"), prompts: int = 1, group_size: int = 8,
                     continue
                 (tmp / f"work-{size}-{case}").mkdir()
                 specs[case] = {**base, "case": case, "workdir": str(tmp / f"work-{size}-{case}")}
-            raw = run_cases(specs, warmup, steps, log_dir, timeout, in_process)
+            raw = run_cases(specs, warmup, steps, log_dir, timeout, in_process, min_seconds)
             params = next((r["setup"]["params"] for r in raw.values() if "setup" in r and "params" in r["setup"]), None)
             n_lang = params["language"] if params else None
             results = {name: summarize_case(raw[name], n_lang) for name in specs}
@@ -679,8 +686,8 @@ def run_step_bench(sizes=("tiny", "30m"), prompts: int = 1, group_size: int = 8,
     machine["matmul_fp32_flops"] = {"start": mm_start, "end": mm_end, "peak": peak, "n": matmul_size}
     report = {
         "config": {"family": FAMILY, "sizes": list(sizes), "prompts": prompts, "group_size": group_size,
-                   "new_tokens": new_tokens, "steps": steps, "warmup": warmup, "lr": lr, "seed": seed,
-                   "cases": list(cases), "in_process": in_process, "threads": threads, "dtype": "float32",
+                   "new_tokens": new_tokens, "steps": steps, "min_seconds": min_seconds, "warmup": warmup, "lr": lr,
+                   "seed": seed, "cases": list(cases), "in_process": in_process, "threads": threads, "dtype": "float32",
                    "device": "cpu", "crop_min_pixels": CROP_MIN_PIXELS,
                    "crop_max_pixels": CROP_MAX_PIXELS, "call_text": CALL_TEXT, "rollout_repeats": rollout_repeats,
                    "bench_sizes": BENCH_SIZES,
@@ -705,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-size", type=int, default=8, help="G samples per prompt")
     p.add_argument("--new-tokens", type=int, default=64, help="N sampled tokens per turn")
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (the median is reported)")
+    p.add_argument("--min-seconds", type=float, default=5.0,
+                   help="more timed steps (round-robin, at most %d) until every case has run this long: the tiny "
+                        "model's ~0.1 s steps need dozens for a steady median" % MAX_ROUNDS)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per case first")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--rollout-repeats", type=int, default=3)
@@ -724,11 +734,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.worker:
         return worker_main(json.loads(a.worker))
-    if a.steps < 1 or a.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if a.steps < 1 or a.warmup < 0 or a.min_seconds < 0:
+        p.error("--steps must be >= 1, --warmup and --min-seconds >= 0")
     report = run_step_bench(sizes=tuple(s for s in a.sizes.split(",") if s), prompts=a.prompts,
                             group_size=a.group_size, new_tokens=a.new_tokens, steps=a.steps, warmup=a.warmup, lr=a.lr,
-                            trl=not a.no_trl, rollout=not a.no_rollout, rollout_repeats=a.rollout_repeats, seed=a.seed,
+                            min_seconds=a.min_seconds, trl=not a.no_trl, rollout=not a.no_rollout,
+                            rollout_repeats=a.rollout_repeats, seed=a.seed,
                             out=a.out, timeout=a.timeout, cases=tuple(c for c in a.cases.split(",") if c),
                             in_process=a.in_process, matmul_size=a.matmul_size, threads=a.threads)
     print(report["markdown"])
