@@ -234,3 +234,44 @@ def test_skipped_rows_are_restored_per_process():
     assert _my_skipped(state, acc(0, 3)) == ["a", "b", "c"] and _my_skipped(state, acc(2, 3)) == []
     assert _my_skipped({"skipped_samples": ["a"]}, acc(0, 1)) == ["a"]
     assert _my_skipped({}, acc(0, 1)) == []
+
+
+def test_papo_masked_image_is_shared_within_a_group_not_across_resampling_tries(assets, tmp_path):
+    """PAPO masks each prompt image once per group of G rows. Groups are consecutive runs of G trajectories:
+    prompt_index restarts with each resampling try, so two groups with prompt_index 0 (different images) must
+    each get a masked copy of their own image, and a crop gets one per trajectory."""
+    from PIL import Image
+
+    from vlmrl.rollout.trajectory import TrajImage, Trajectory
+    from vlmrl.train.trainer import Trainer
+
+    cfg = load_config(None, overrides(assets, tmp_path) + ["algo.papo.enabled=true", "algo.papo.mask_prob=0.5",
+                                                           "algo.papo.patch_size=14"])
+    tr = Trainer(cfg)
+    G = cfg.rollout.group_size
+    size = (56, 56)
+    pictures = [Image.new("RGB", size, (200, 30, 30)), Image.new("RGB", size, (30, 30, 200))]
+    crop = Image.new("RGB", size, (30, 200, 30))
+
+    def traj(picture, with_crop):
+        images = [TrajImage("input", size, size, 4, -1, image=picture)]
+        if with_crop:
+            images.append(TrajImage("crop", size, size, 4, 0, image=crop))
+        return Trajectory(prompt_index=0, sample_index=0, sample_id="s", question="q", answer="a",
+                          answer_type="text", ids=[], response_mask=[], turn_ids=[], logprobs=[], prompt_len=0,
+                          images=images)
+
+    trajs = [traj(pictures[i // G], with_crop=(i != 1)) for i in range(2 * G)]  # two tries, prompt_index 0
+    vis = tr._masked_vision(trajs)
+    first = [v[0] for v in vis]
+    assert all(first[i] is first[0] for i in range(G)) and all(first[i] is first[G] for i in range(G, 2 * G))
+    assert first[0] is not first[G]
+    # each group's masked copy is of its own picture: its unmasked pixels carry that picture's colour
+    for g in range(2):
+        plain = tr.policy.encode_image(pictures[g]).pixel_values
+        other = tr.policy.encode_image(pictures[1 - g]).pixel_values
+        masked = first[g * G].pixel_values
+        kept = (masked - plain).abs().amax(-1) < 1e-5
+        assert kept.any() and not ((masked - other).abs().amax(-1) < 1e-5)[kept].any()
+    crops = [v[1] for v in vis if len(v) > 1]
+    assert len(crops) == 2 * G - 1 and len({id(c) for c in crops}) == len(crops)  # one per trajectory
