@@ -44,8 +44,11 @@ def _check_case(name, x, gen_tokens):
 
 @pytest.mark.timeout(120)
 def test_short_steps_run_until_each_case_has_min_seconds(tmp_path):
-    report = _run(["--no-trl", "--no-rollout", "--in-process", "--cases", "dtpo_one_turn,vlmrl_grpo",
-                   "--min-seconds", "0.4"], tmp_path)
+    """More rounds than --steps, for every case (TRL's too, where installed: its max_steps must allow them)."""
+    cases = "dtpo_one_turn,vlmrl_grpo" + (",trl_grpo" if importlib.util.find_spec("trl") else "")
+    report = _run(["--no-rollout", "--in-process", "--cases", cases, "--min-seconds", "0.4", "--timeout", "60"],
+                  tmp_path)
+    assert len(report["sizes"]["tiny"]["cases"]) == cases.count(",") + 1
     assert report["config"]["min_seconds"] == 0.4
     for name, x in report["sizes"]["tiny"]["cases"].items():
         assert len(x["times_s"]) > 1 and sum(x["times_s"]) >= 0.4, (name, x["times_s"])

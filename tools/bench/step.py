@@ -368,14 +368,16 @@ class Worker:
                                      env=env)
 
     def _tail(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()[-3000:]
 
     def receive(self, timeout: float | None = None) -> dict:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout or self.timeout)
         if not ready:
+            tail = self._tail()
             self.kill()
-            raise WorkerError(f"{self.name}: no answer in {timeout or self.timeout:.0f} s; log:\n{self._tail()}")
+            raise WorkerError(f"{self.name}: no answer in {timeout or self.timeout:.0f} s; log:\n{tail}")
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
@@ -654,7 +656,8 @@ def run_step_bench(sizes=("tiny", "30m"), prompts: int = 1, group_size: int = 8,
             model = make_tiny(FAMILY, tmp / f"model-{size}", size=size, seed=seed)
             base = {"size": size, "model": str(model), "data": str(tmp / "data" / "train.jsonl"), "prompts": prompts,
                     "group_size": group_size, "new_tokens": new_tokens, "lr": lr, "seed": seed,
-                    "total_steps": warmup + steps, "threads": threads}
+                    "total_steps": warmup + (max(steps, MAX_ROUNDS) if min_seconds else steps),  # TRL's max_steps
+                    "threads": threads}
             specs = {}
             for case in cases:
                 if case == "trl_grpo" and not (trl and have_trl):

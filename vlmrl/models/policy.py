@@ -505,7 +505,8 @@ class Policy:
     def _prefill_continued(self, prompts: list[Seq], refs: list[KVRef], reserve: int) -> _Rows | None:
         """Prefill only what each prompt adds to the tokens its row's cache holds.
 
-        The kept rows are compacted into a fresh cache (their real columns right-aligned), and the new tokens
+        The kept rows are compacted into a fresh cache (their real columns right-aligned; a prompt cache shared by
+        its samples stays shared when the rows going on are the same number per prompt), and the new tokens
         fed as one left-padded block (so right-aligned; a shorter row's leading slots are masked holes), at the
         rope positions `_continuation_inputs` gives. None when a row's new part would start inside an image
         (then the caller prefills in full)."""
@@ -521,12 +522,13 @@ class Policy:
         cache = state.take()
         spare = inputs["input_ids"].shape[1] + reserve
         P = cache.layers[0].prefix_len
-        prefixes = _kept_prefixes(cache.layers[0], rows, old[:, :P].sum(1).tolist(), keep)
+        in_prompt = old[:, :P].sum(1).tolist()
+        prefixes = _kept_prefixes(cache.layers[0], rows, in_prompt, keep)
         if prefixes is None:  # each kept row gets its own copy of everything it keeps
             runs, valid = compaction_runs(old, keep)
             cache.compact(rows, runs, max(keep), reserve=spare)
         else:  # the prompts stay stored once; only the rows' own columns are compacted
-            own = [k - int(c) for k, c in zip(keep, old[:, :P].sum(1))]
+            own = [k - c for k, c in zip(keep, in_prompt)]
             runs, valid = compaction_runs(old[:, P:], own)
             cache.compact(rows, [[(s + P, n) for s, n in r] for r in runs], max(own), reserve=spare,
                           prefixes=prefixes)
