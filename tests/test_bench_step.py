@@ -70,6 +70,12 @@ def test_step_bench_vlmrl_side(tmp_path, capsys):
     papo = tiny["cases"]["vlmrl_papo"]["counts"]
     assert papo["score_tokens"] == papo["train_tokens"]  # the masked-image pass scores every sequence again
     assert tiny["rollout"]["results"]["engine_direct"]["tok_per_s"] > 0
+    one, two = tiny["cases"]["dtpo_one_turn"], tiny["cases"]["dtpo_two_turn"]
+    run_one, run_two = one["counts"]["train_run_tokens"], two["counts"]["train_run_tokens"]
+    assert run_two > run_one  # the call and the observation are trained too
+    assert tiny["ratios"]["dtpo_two_over_one_turn_time_per_run_token"] == pytest.approx(
+        (two["median_s"] / run_two) / (one["median_s"] / run_one))
+    assert "per token the gradient pass runs" in (tmp_path / "step_bench.md").read_text()
     names = {t["target"] for t in report["targets"]}
     assert names == {"engine_over_generate_tok_per_s", "papo_over_grpo_step_time",
                      "dtpo_two_over_one_turn_time_per_gen_token"}

@@ -512,6 +512,13 @@ def summarize_case(raw: dict, n_language: int | None) -> dict:
     return out
 
 
+def _steps_cell(times: list[float]) -> str:
+    """Every step time, or for many steps (the tiny model with --min-seconds) their count and range."""
+    if len(times) <= 15:
+        return ", ".join(f"{t:.2f}" for t in times)
+    return f"{len(times)} steps, {min(times):.2f}-{max(times):.2f}"
+
+
 def ratios_and_targets(size: str, cases: dict, rollout: dict | None) -> tuple[dict, list]:
     """Ratios from the medians (what the targets are judged on) and, as `<name>_from_min`, from the fastest step
     of each case: other processes only ever add time, so the minimum is the less disturbed estimate on a shared
@@ -533,6 +540,9 @@ def ratios_and_targets(size: str, cases: dict, rollout: dict | None) -> tuple[di
         per_token = two["counts"]["gen_tokens"] / one["counts"]["gen_tokens"]
         both("dtpo_two_over_one_turn_time_per_gen_token", lambda k: two[k] / one[k] / per_token)
         both("dtpo_two_over_one_turn_step_time", lambda k: two[k] / one[k])
+        # reported, not a target: per token the gradient pass runs (each prompt once, then every row's own part)
+        per_run = two["counts"]["train_run_tokens"] / one["counts"]["train_run_tokens"]
+        both("dtpo_two_over_one_turn_time_per_run_token", lambda k: two[k] / one[k] / per_run)
     if rollout and "results" in rollout:
         e, h = rollout["results"]["engine_direct"], rollout["results"]["hf_generate"]
         r["engine_over_generate_tok_per_s"] = rollout["ratios"]["engine_over_generate_tok_per_s"]
@@ -570,6 +580,11 @@ def to_markdown(report: dict) -> str:
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['size']} | {t['value']:.2f}x | {t['value_from_min']:.2f}x | "
                      f"{t['goal']} | {'PASS' if t['pass'] else 'FAIL'} |")
+    per_run = [f"{size} {s['ratios']['dtpo_two_over_one_turn_time_per_run_token']:.2f}x" for size, s in
+               report["sizes"].items() if "dtpo_two_over_one_turn_time_per_run_token" in s["ratios"]]
+    if per_run:
+        lines += ["", "Not a target: DTPO two-turn / one-turn step time per token the gradient pass runs (each prompt "
+                      "once, then every row's call, tool observation and answer): " + ", ".join(per_run) + "."]
     lines += [
         "",
         "## Step time, FLOP/s and memory",
@@ -590,7 +605,7 @@ def to_markdown(report: dict) -> str:
             k = x["counts"]
             lines.append(
                 f"| {size} | {name} | {x['median_s']:.3f} | {x['min_s']:.3f} | "
-                f"{', '.join(f'{t:.2f}' for t in x['times_s'])} | "
+                f"{_steps_cell(x['times_s'])} | "
                 f"{k['gen_tokens']} | {k['train_tokens']} | {1000 * x['s_per_gen_token']:.2f} | "
                 f"{x.get('model_flops', 0) / 1e9:.2f} | {x.get('flops_per_s', 0) / 1e9:.2f} | "
                 f"{100 * x.get('fraction_of_matmul_peak', 0):.1f} | {x['peak_rss_mb']:.0f} | "
