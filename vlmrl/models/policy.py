@@ -18,8 +18,8 @@ only its new tokens, at the rope positions a full pass gives them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
