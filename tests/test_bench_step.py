@@ -76,12 +76,37 @@ def test_step_bench_vlmrl_side(tmp_path, capsys):
     assert tiny["ratios"]["dtpo_two_over_one_turn_time_per_run_token"] == pytest.approx(
         (two["median_s"] / run_two) / (one["median_s"] / run_one))
     assert "per token the gradient pass runs" in (tmp_path / "step_bench.md").read_text()
+    # patches the vision tower encodes: the 224x224 image at full resolution (16x16 patches) in direct mode, the
+    # half-resolution first view (8x8) in tool mode, once per group; each row's 112x112 crop (8x8); PAPO's masked
+    # pass again
+    patches = {name: (x["counts"]["run_patches"], x["counts"]["score_run_patches"]) for name, x in tiny["cases"].items()}
+    assert patches == {"vlmrl_grpo": (256, 0), "vlmrl_papo": (256, 256), "dtpo_one_turn": (64, 0),
+                       "dtpo_two_turn": (64 + 2 * 64, 0)}
+    per_patch, n_lang = tiny["params"]["vision_flops_per_patch"], tiny["params"]["language"]
+    c = two["counts"]
+    assert two["model_flops"] == pytest.approx(6 * n_lang * c["train_run_tokens"] + 2 * n_lang * (
+        c["prefill_tokens"] + c["gen_tokens"]) + 8 * per_patch * 192)
+    assert tiny["ratios"]["dtpo_two_over_one_turn_flops_per_gen_token"] == pytest.approx(
+        (two["model_flops"] / two["counts"]["gen_tokens"]) / (one["model_flops"] / one["counts"]["gen_tokens"]))
+    assert "model FLOPs per generated token" in (tmp_path / "step_bench.md").read_text()
     names = {t["target"] for t in report["targets"]}
     assert names == {"engine_over_generate_tok_per_s", "papo_over_grpo_step_time",
                      "dtpo_two_over_one_turn_time_per_gen_token"}
     assert all(t["value"] > 0 and t["value_from_min"] > 0 and isinstance(t["pass"], bool) for t in report["targets"])
     m = report["machine"]
     assert m["cpu_count"] >= 1 and m["matmul_fp32_flops"]["peak"] > 0
+
+
+def test_vision_flops_per_patch_by_hand(tmp_path):
+    """The tiny qwen2_5_vl vision tower (hidden 32, 2 blocks, MLP 128, merger to the LM's 64 over 2x2 patches)."""
+    from vlmrl.models.policy import Policy
+    from vlmrl.models.tiny import make_tiny
+
+    core = Policy.load(make_tiny("qwen2_5_vl", tmp_path / "m"), dtype="float32", device="cpu").core
+    embed = 32 * 3 * 2 * 14 * 14  # the patch embedding: 3 channels x 2 frames x 14 x 14 pixels -> 32
+    block = 32 * 96 + 32 * 32 + 3 * 32 * 128  # qkv, proj, gate/up/down
+    merger = (128 * 128 + 128 * 64) / 4  # 4 patches (128 = 4 x 32) -> 128 -> 64, once per visual token
+    assert _load().vision_flops_per_patch(core) == 2 * (embed + 2 * block + merger) == 153088
 
 
 @pytest.mark.timeout(120)
@@ -91,7 +116,8 @@ def test_step_bench_trl_side(tmp_path):
     tiny = report["sizes"]["tiny"]
     for name in ("vlmrl_grpo", "trl_grpo"):
         _check_case(name, tiny["cases"][name], 2 * 4)
-    assert tiny["ratios"]["equal_work_vs_trl"] is True  # same prompt tokens, completions and trained tokens
+    assert tiny["ratios"]["equal_work_vs_trl"] is True  # same prompt tokens, completions, trained tokens, patches
+    assert tiny["cases"]["trl_grpo"]["counts"]["run_patches"] == 256
     assert [t["target"] for t in report["targets"]] == ["vlmrl_over_trl_step_time"]
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -185,13 +186,37 @@ def step_counts(trajs, score_passes: int) -> dict:
     train = sum(len(t.ids) for t in trajs)
     observed = sum(len(t.ids) - t.prompt_len - sum(t.response_mask) for t in trajs)  # tool observations
     run = sum(prompts.values()) + sum(len(t.ids) - t.prompt_len for t in trajs)  # each prompt once per group
+    # image patches the vision tower encodes: each prompt's images once per group, every row's crops
+    prompt_patches = {t.prompt_index: _patches(t, "input") for t in trajs}
+    run_patches = sum(prompt_patches.values()) + sum(_patches(t, "crop") for t in trajs)
     return {"rows": len(trajs), "turns": max(len(t.turns) for t in trajs),
             "prompt_tokens": [prompts[k] for k in sorted(prompts)], "gen_tokens": gen, "train_tokens": train,
             "train_run_tokens": run, "score_run_tokens": score_passes * run,
             "prefill_tokens": sum(prompts.values()) + observed, "score_tokens": score_passes * train,
+            "run_patches": run_patches, "score_run_patches": score_passes * run_patches,
             "completion_tokens_min": min(sum(t.response_mask) for t in trajs),
             "completion_tokens_max": max(sum(t.response_mask) for t in trajs),
             "valid_tool_calls": sum(1 for t in trajs for c in t.tool_calls if c.valid)}
+
+
+def _patches(traj, kind: str) -> int:
+    """Image patches (t*h*w of the vision grid) of a trajectory's images of `kind` ("input" or "crop")."""
+    if len(traj.images) != len(traj.vision):
+        raise ValueError(f"trajectory {traj.sample_id}: {len(traj.images)} images but {len(traj.vision)} vision inputs")
+    return sum(math.prod(v.grid_thw) for im, v in zip(traj.images, traj.vision) if im.kind == kind)
+
+
+def vision_flops_per_patch(model) -> float:
+    """Forward FLOPs of the vision tower per image patch: 2 per weight the patch is multiplied by (the patch
+    embedding and every block), the merger's weights counted once per merge x merge patches (they act on the
+    merged visual token). Norms, biases and position tables are not counted."""
+    merge = model.config.vision_config.spatial_merge_size
+    flops = 0.0
+    for name, p in model.named_parameters():
+        if ".visual." not in f".{name}" or p.dim() < 2 or "pos_embed" in name:
+            continue
+        flops += 2 * p.numel() / (merge * merge if "merger" in name else 1)
+    return flops
 
 
 class VlmrlCase:
@@ -214,7 +239,8 @@ class VlmrlCase:
         model = self.policy.core
         vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
         total = sum(p.numel() for p in model.parameters())
-        self.info = {"params": {"total": total, "vision": vision, "language": total - vision},
+        self.info = {"params": {"total": total, "vision": vision, "language": total - vision,
+                                "vision_flops_per_patch": vision_flops_per_patch(model)},
                      "torch_threads": torch.get_num_threads()}
 
     def step(self) -> dict:
@@ -479,22 +505,27 @@ def machine_info() -> dict:
 # Report: medians, FLOPs, ratios against the targets, markdown.
 # =====================================================================================================================
 
-FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + T_score), N = language-model "
-                 "parameters (tied embedding/LM head counted once, vision tower excluded); T_train = tokens the "
-                 "gradient pass needs: each prompt (with its image tokens) once per group of G, plus every row's "
+FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + T_score) + F_patch*(8*P_run + "
+                 "2*P_score), N = language-model parameters (tied embedding/LM head counted once); T_train = tokens "
+                 "the gradient pass needs: each prompt (with its image tokens) once per group of G, plus every row's "
                  "turns after it (train_run_tokens); T_gen = generated (policy) tokens; T_prefill = prompt tokens "
                  "once per prompt + tool-observation tokens; T_score = tokens of no-grad scoring passes (PAPO's "
-                 "masked-image pass, T_train again: score_run_tokens). Attention-score and vision-tower FLOPs are not "
-                 "counted.")
+                 "masked-image pass, T_train again: score_run_tokens); F_patch = the vision tower's forward FLOPs per "
+                 "image patch (2 per weight, the merger's shared by the 4 patches of a visual token); P_run = patches "
+                 "of each prompt's images once per group plus every row's crops (encoded once in the rollout, 2, and "
+                 "with gradients in the update, 6: run_patches); P_score = the same for the scoring passes. "
+                 "Attention-score FLOPs are not counted.")
 
 
-def model_flops(counts: dict, n_language: int) -> float:
+def model_flops(counts: dict, n_language: int, vision_per_patch: float = 0.0) -> float:
     c = counts
-    return 6 * n_language * c["train_run_tokens"] + 2 * n_language * (c["prefill_tokens"] + c["gen_tokens"]
-                                                                      + c["score_run_tokens"])
+    language = 6 * n_language * c["train_run_tokens"] + 2 * n_language * (c["prefill_tokens"] + c["gen_tokens"]
+                                                                          + c["score_run_tokens"])
+    vision = vision_per_patch * (8 * c.get("run_patches", 0) + 2 * c.get("score_run_patches", 0))
+    return language + vision
 
 
-def summarize_case(raw: dict, n_language: int | None) -> dict:
+def summarize_case(raw: dict, n_language: int | None, vision_per_patch: float = 0.0) -> dict:
     if "error" in raw:
         return {"error": raw["error"]}
     times = [s["time_s"] for s in raw["steps"]]
@@ -507,7 +538,7 @@ def summarize_case(raw: dict, n_language: int | None) -> dict:
            "rss_over_baseline_mb": raw["peak_rss_mb"] - setup["rss_baseline_mb"],
            "setup_s": setup["setup_s"]}
     if n_language:
-        f = model_flops(counts, n_language)
+        f = model_flops(counts, n_language, vision_per_patch)
         out.update(model_flops=f, flops_per_s=f / med)
     return out
 
@@ -532,7 +563,8 @@ def ratios_and_targets(size: str, cases: dict, rollout: dict | None) -> tuple[di
     if "vlmrl_grpo" in ok and "trl_grpo" in ok:
         both("vlmrl_over_trl_step_time", lambda k: ok["vlmrl_grpo"][k] / ok["trl_grpo"][k])
         a, b = ok["vlmrl_grpo"]["counts"], ok["trl_grpo"]["counts"]
-        r["equal_work_vs_trl"] = all(a[k] == b[k] for k in ("rows", "prompt_tokens", "gen_tokens", "train_tokens"))
+        r["equal_work_vs_trl"] = all(a[k] == b[k] for k in ("rows", "prompt_tokens", "gen_tokens", "train_tokens",
+                                                           "run_patches"))
     if "vlmrl_papo" in ok and "vlmrl_grpo" in ok:
         both("papo_over_grpo_step_time", lambda k: ok["vlmrl_papo"][k] / ok["vlmrl_grpo"][k])
     if "dtpo_one_turn" in ok and "dtpo_two_turn" in ok:
@@ -543,6 +575,8 @@ def ratios_and_targets(size: str, cases: dict, rollout: dict | None) -> tuple[di
         # reported, not a target: per token the gradient pass runs (each prompt once, then every row's own part)
         per_run = two["counts"]["train_run_tokens"] / one["counts"]["train_run_tokens"]
         both("dtpo_two_over_one_turn_time_per_run_token", lambda k: two[k] / one[k] / per_run)
+        if "model_flops" in one and "model_flops" in two:  # the time ratio the two steps would have at equal FLOP/s
+            r["dtpo_two_over_one_turn_flops_per_gen_token"] = two["model_flops"] / one["model_flops"] / per_token
     if rollout and "results" in rollout:
         e, h = rollout["results"]["engine_direct"], rollout["results"]["hf_generate"]
         r["engine_over_generate_tok_per_s"] = rollout["ratios"]["engine_over_generate_tok_per_s"]
@@ -585,6 +619,12 @@ def to_markdown(report: dict) -> str:
     if per_run:
         lines += ["", "Not a target: DTPO two-turn / one-turn step time per token the gradient pass runs (each prompt "
                       "once, then every row's call, tool observation and answer): " + ", ".join(per_run) + "."]
+    work = [f"{size} {s['ratios']['dtpo_two_over_one_turn_flops_per_gen_token']:.2f}x" for size, s in
+            report["sizes"].items() if "dtpo_two_over_one_turn_flops_per_gen_token" in s["ratios"]]
+    if work:
+        lines += ["", "Not a target: DTPO two-turn / one-turn model FLOPs per generated token, i.e. the per-token "
+                      "time ratio if both steps ran at the same FLOP/s (the two-turn step also trains the tool "
+                      "observation and encodes the crops): " + ", ".join(work) + "."]
     lines += [
         "",
         "## Step time, FLOP/s and memory",
@@ -682,7 +722,8 @@ def run_step_bench(sizes=("tiny", "30m"), prompts: int = 1, group_size: int = 8,
             raw = run_cases(specs, warmup, steps, log_dir, timeout, in_process, min_seconds)
             params = next((r["setup"]["params"] for r in raw.values() if "setup" in r and "params" in r["setup"]), None)
             n_lang = params["language"] if params else None
-            results = {name: summarize_case(raw[name], n_lang) for name in specs}
+            per_patch = params.get("vision_flops_per_patch", 0.0) if params else 0.0
+            results = {name: summarize_case(raw[name], n_lang, per_patch) for name in specs}
             if "trl_grpo" in cases and trl and not have_trl:
                 results["trl_grpo"] = {"skipped": "trl is not installed (pip install -e '.[bench]')"}
             ro = None

@@ -80,8 +80,10 @@ class TrlCase:
 
         def counted(inputs):  # record what each step really generated and trained on
             out = score(inputs)
+            grid = out.get("image_grid_thw")
             self.batch = {"prompt_tokens": out["prompt_mask"].sum(1).tolist(),
-                          "completion_tokens": out["completion_mask"].sum(1).tolist()}
+                          "completion_tokens": out["completion_mask"].sum(1).tolist(),
+                          "patches": int(grid.prod(-1).sum()) if grid is not None else 0}
             return out
 
         self.trainer._generate_and_score_completions = counted
@@ -115,6 +117,8 @@ class TrlCase:
                   "gen_tokens": sum(completion), "train_tokens": sum(prompt) + sum(completion),
                   "train_run_tokens": sum(prompt[::G]) + sum(completion), "score_run_tokens": 0,
                   "prefill_tokens": sum(prompt[::G]), "score_tokens": 0,
+                  # each prompt's image once per group: the work vlmrl counts (TRL encodes it for every row)
+                  "run_patches": self.batch["patches"] // G, "score_run_patches": 0,
                   "completion_tokens_min": min(completion), "completion_tokens_max": max(completion)}
         return {"time_s": self.gate.elapsed, "counts": counts}
 
