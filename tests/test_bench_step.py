@@ -85,7 +85,7 @@ def test_step_bench_vlmrl_side(tmp_path, capsys):
     per_patch, n_lang = tiny["params"]["vision_flops_per_patch"], tiny["params"]["language"]
     c = two["counts"]
     assert two["model_flops"] == pytest.approx(6 * n_lang * c["train_run_tokens"] + 2 * n_lang * (
-        c["prefill_tokens"] + c["gen_tokens"]) + 8 * per_patch * 192)
+        c["prefill_tokens"] + c["gen_tokens"]) + 4 * per_patch * 192)
     assert tiny["ratios"]["dtpo_two_over_one_turn_flops_per_gen_token"] == pytest.approx(
         (two["model_flops"] / two["counts"]["gen_tokens"]) / (one["model_flops"] / one["counts"]["gen_tokens"]))
     assert "model FLOPs per generated token" in (tmp_path / "step_bench.md").read_text()

@@ -505,15 +505,15 @@ def machine_info() -> dict:
 # Report: medians, FLOPs, ratios against the targets, markdown.
 # =====================================================================================================================
 
-FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + T_score) + F_patch*(8*P_run + "
-                 "2*P_score), N = language-model parameters (tied embedding/LM head counted once); T_train = tokens "
+FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + T_score) + F_patch*(4*P_run + "
+                 "P_score), N = language-model parameters (tied embedding/LM head counted once); T_train = tokens "
                  "the gradient pass needs: each prompt (with its image tokens) once per group of G, plus every row's "
                  "turns after it (train_run_tokens); T_gen = generated (policy) tokens; T_prefill = prompt tokens "
                  "once per prompt + tool-observation tokens; T_score = tokens of no-grad scoring passes (PAPO's "
                  "masked-image pass, T_train again: score_run_tokens); F_patch = the vision tower's forward FLOPs per "
                  "image patch (2 per weight, the merger's shared by the 4 patches of a visual token); P_run = patches "
-                 "of each prompt's images once per group plus every row's crops (encoded once in the rollout, 2, and "
-                 "with gradients in the update, 6: run_patches); P_score = the same for the scoring passes. "
+                 "of each prompt's images once per group plus every row's crops (encoded once in the rollout, 1 x F_patch, "
+                 "and with gradients in the update, 3 x: run_patches); P_score = the same for the scoring passes. "
                  "Attention-score FLOPs are not counted.")
 
 
@@ -521,7 +521,7 @@ def model_flops(counts: dict, n_language: int, vision_per_patch: float = 0.0) ->
     c = counts
     language = 6 * n_language * c["train_run_tokens"] + 2 * n_language * (c["prefill_tokens"] + c["gen_tokens"]
                                                                           + c["score_run_tokens"])
-    vision = vision_per_patch * (8 * c.get("run_patches", 0) + 2 * c.get("score_run_patches", 0))
+    vision = vision_per_patch * (4 * c.get("run_patches", 0) + c.get("score_run_patches", 0))
     return language + vision
 
 
