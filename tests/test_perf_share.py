@@ -346,3 +346,87 @@ def test_lm_head_runs_only_at_scored_positions(share, tiny_policies, monkeypatch
     assert torch.allclose(lp1, lp2, atol=1e-5) and torch.allclose(ent1, ent2, atol=1e-5)
     for n in g1:
         assert (g1[n] - g2[n]).abs().max() <= 1e-4 * g2[n].abs().max() + 1e-9, n
+
+
+# --------------------------------------------------------------------------- the last layer's MLP where read
+
+class MlpRows:
+    """Counts the positions the last decoder layer's MLP runs at, per forward pass (its down projection's rows)."""
+
+    def __init__(self, pol):
+        self.rows = []
+        mlp = pol.core.model.language_model.layers[-1].mlp
+        self.handle = mlp.down_proj.register_forward_hook(lambda m, i, o: self.rows.append(i[0].shape[:-1].numel()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_mlp_runs_only_where_the_lm_head_reads(family, share, tiny_policies, monkeypatch):
+    """Log-probs, entropies and gradients equal the full pass's, with the last layer's MLP run at one position
+    per scored token (the prompt pass of the shared path at its last column only); tool rows with crops."""
+    pol = tiny_policies[family]
+    f = pol.factor
+    a = _prompt(pol, (4 * f, 4 * f), "Where?")
+    seqs, mask = _batch(_tool_rows(pol, a, [(6, (2 * f, 4 * f), 5), (4, None, 0), (8, (2 * f, 2 * f), 2)]))
+    with MlpRows(pol) as seen:
+        lp1, ent1, g1 = _run(pol, seqs, mask, share=share)
+    scored = int(mask.sum())
+    assert seen.rows == ([1, scored] if share else [scored])
+    monkeypatch.setattr(pol, "last_mlp_only", False)
+    with MlpRows(pol) as full:
+        lp2, ent2, g2 = _run(pol, seqs, mask, share=share)
+    assert full.rows[-1] > 3 * scored  # the full pass runs it at every position
+    assert torch.allclose(lp1, lp2, atol=1e-5) and torch.allclose(ent1, ent2, atol=1e-5)
+    assert g1.keys() == g2.keys()
+    for n in g1:
+        assert (g1[n] - g2[n]).abs().max() <= 1e-4 * g2[n].abs().max() + 1e-9, n
+
+
+def test_prefills_run_the_last_mlp_at_the_last_token_only(tiny_policies, monkeypatch):
+    """Sampling (a prompt prefill, then a continued prefill of a crop turn) gives the same tokens and log-probs
+    with the last layer's MLP run at each row's last position only."""
+    pol = tiny_policies["qwen2_5_vl"]
+    f = pol.factor
+    prompts = [_prompt(pol, (4 * f, 2 * f), "Which colour?"), _prompt(pol, (2 * f, 2 * f), "Where?")]
+    crop = pol.encode_image(Image.new("RGB", (2 * f, 2 * f), (10, 90, 200)))
+
+    def sample():
+        first = pol.generate(prompts, max_new_tokens=4, num_samples=2, generator=torch.Generator().manual_seed(0))
+        later = [Seq(p.ids + g.ids + _observation(pol, crop), p.images + [crop], kv=g.kv)
+                 for p, g in zip([p for p in prompts for _ in range(2)], first)]
+        second = pol.generate(later, max_new_tokens=3, generator=torch.Generator().manual_seed(1))
+        return [(g.ids, g.logprobs) for g in first + second]
+
+    with MlpRows(pol) as seen:
+        skipped = sample()
+    assert seen.rows[0] == 2 and 4 in seen.rows  # the prompt prefill's last tokens; the crop turn's 4 rows
+    monkeypatch.setattr(pol, "last_mlp_only", False)
+    full = sample()
+    for (ids1, lp1), (ids2, lp2) in zip(skipped, full):
+        assert ids1 == ids2 and lp1 == pytest.approx(lp2, abs=1e-5)
+
+
+def test_last_mlp_runs_everywhere_under_gradient_checkpointing(tiny_dirs):
+    """A checkpointed layer is recomputed in the backward pass, outside the forward's block: no skipping."""
+    from vlmrl.models.last_mlp import applies, kept_positions
+    from vlmrl.models.policy import Policy
+
+    pol = Policy.load(tiny_dirs["qwen2_5_vl"], dtype="float32", device="cpu", gradient_checkpointing=True)
+    assert not applies(pol.core)
+    f = pol.factor
+    seqs, mask = _batch(_rows(_prompt(pol, (2 * f, 2 * f), "Q"), [_words(pol, n, seed=n) for n in (3, 5)]))
+    pol.model.train()
+    with MlpRows(pol) as seen:
+        pol.logprobs(seqs, mask).sum().backward()
+    assert seen.rows == [mask.numel()]
+    # logits_to_keep as the positions read: the last k columns, a boolean mask as it is, all of them as None
+    assert kept_positions(1, (2, 3), "cpu").tolist() == [[False, False, True], [False, False, True]]
+    assert kept_positions(0, (2, 3), "cpu") is None and kept_positions(3, (2, 3), "cpu") is None
+    keep = torch.tensor([[True, False, True]])
+    assert torch.equal(kept_positions(keep, (1, 3), "cpu"), keep) and kept_positions(keep, (2, 3), "cpu") is None

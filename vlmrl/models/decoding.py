@@ -35,7 +35,7 @@ from vlmrl.models.kvcache import KVCache
 FUSED_TEXT_MODELS = ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
 _ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
 _LAYER_PARTS = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
-_MLP_CLASSES = ("Qwen2MLP", "Qwen3VLTextMLP")  # down_proj(act_fn(gate_proj(x)) * up_proj(x))
+MLP_CLASSES = ("Qwen2MLP", "Qwen3VLTextMLP")  # down_proj(act_fn(gate_proj(x)) * up_proj(x))
 
 
 def can_fuse(lm, cache) -> bool:
@@ -123,7 +123,7 @@ class DecodeStep:
 
     def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
         """The Qwen-VL text MLP, down(act(gate(x)) * up(x)), with its projections through `self.linear`."""
-        if type(mlp).__name__ not in _MLP_CLASSES or mlp._forward_hooks or mlp._forward_pre_hooks:
+        if type(mlp).__name__ not in MLP_CLASSES or mlp._forward_hooks or mlp._forward_pre_hooks:
             return mlp(x)
         lin = self.linear
         return lin(mlp.down_proj, mlp.act_fn(lin(mlp.gate_proj, x)) * lin(mlp.up_proj, x))

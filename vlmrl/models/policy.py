@@ -27,6 +27,7 @@ import torch
 from vlmrl.data.vision import FAMILY_PATCH, image_factor
 from vlmrl.models.decoding import DecodeStep, PackedLinears, can_fuse
 from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
+from vlmrl.models.last_mlp import last_mlp_only_at
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -150,6 +151,9 @@ class Policy:
         # sampling on CPU in float32: decoding steps use oneDNN-packed copies of the linear weights (a second
         # copy of the language model's weights, refreshed when they change); False: the modules as they are
         self.decode_linears = PackedLinears()
+        # forward passes with logits_to_keep run the last layer's MLP only where the LM head reads (same values
+        # and gradients there; vlmrl/models/last_mlp.py); False: at every position
+        self.last_mlp_only = True
 
     # ------------------------------------------------------------------ loading
 
@@ -303,7 +307,7 @@ class Policy:
         else:
             rows = torch.arange(len(ids), device=ids.device)
             batch = batch if batch is not None else self.collate(seqs, tokens)
-            logits = self.model(**batch, use_cache=False, logits_to_keep=keep).logits
+            logits = self._forward(batch, keep, use_cache=False).logits
         sel = mask[rows, first:]
         logits = logits if by_mask else logits[:, :-1][sel]  # [masked tokens, V], in sel's row-major order
         logp_all = self._logp_from_logits(logits, temperature)
@@ -318,6 +322,14 @@ class Policy:
         vals[sel] = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
         ent[rows, first:] = vals
         return out, ent
+
+    def _forward(self, inputs: dict, keep: int | torch.Tensor, **kw):
+        """`self.model(**inputs, logits_to_keep=keep, **kw)`; with `last_mlp_only` (the default), the last decoder
+        layer's MLP runs only at the kept positions, the only ones whose output is read (vlmrl/models/last_mlp.py)."""
+        if not self.last_mlp_only:
+            return self.model(**inputs, logits_to_keep=keep, **kw)
+        with last_mlp_only_at(self.core, keep, tuple(inputs["input_ids"].shape)):
+            return self.model(**inputs, logits_to_keep=keep, **kw)
 
     def _bool_logits_to_keep(self) -> bool:
         """Whether the model takes a [B, T] boolean `logits_to_keep` (transformers' `slice_logits_to_keep`,
@@ -397,11 +409,11 @@ class Policy:
         idx = idx.to(self.device)
         inputs["attention_mask"] = torch.cat([pre["attention_mask"][idx], inputs["attention_mask"]], dim=1)
         cache = DynamicCache(config=self.core.config.get_text_config())
-        self.model(**pre, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self._forward(pre, 1, past_key_values=cache, use_cache=True)
         cache.batch_select_indices(idx)  # each row gets its prompt's keys and values (an autograd index)
         if isinstance(keep, torch.Tensor):  # a boolean mask over the whole layout: the parts are its last columns
             keep = keep[torch.tensor(live, device=keep.device), T - inputs["input_ids"].shape[1]:]
-        logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+        logits = self._forward(inputs, keep, past_key_values=cache, use_cache=True).logits
         return torch.tensor(live, device=self.device), logits
 
     def _images_within(self, seq: Seq, n: int) -> int | None:
@@ -498,7 +510,7 @@ class Policy:
     def _prefill_fresh(self, prompts: list[Seq], reserve: int) -> _Rows:
         batch = self.collate(prompts)
         cache = self._new_cache(reserve)
-        logits = self.model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self._forward(batch, 1, past_key_values=cache, use_cache=True).logits[:, -1]
         pos = batch["position_ids"].amax(dim=(0, 2)) + 1  # [n] next rope position
         return _Rows(cache, logits, pos, batch["attention_mask"].bool(), [(p.ids, p.images) for p in prompts])
 
@@ -535,7 +547,7 @@ class Policy:
             valid = torch.cat([old[:, :P], valid], dim=1)
         valid = torch.cat([valid.to(self.device), inputs["attention_mask"].bool()], dim=1)
         inputs["attention_mask"] = valid.long()
-        logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self._forward(inputs, 1, past_key_values=cache, use_cache=True).logits[:, -1]
         pos = inputs["position_ids"].amax(dim=(0, 2)) + 1
         return _Rows(cache, logits, pos, valid, [(p.ids, p.images) for p in prompts])
 
