@@ -75,6 +75,9 @@ def test_step_bench_vlmrl_side(tmp_path, capsys):
     assert run_two > run_one  # the call and the observation are trained too
     assert tiny["ratios"]["dtpo_two_over_one_turn_time_per_run_token"] == pytest.approx(
         (two["median_s"] / run_two) / (one["median_s"] / run_one))
+    gen_one, gen_two = one["counts"]["gen_tokens"], two["counts"]["gen_tokens"]
+    assert tiny["ratios"]["dtpo_two_over_one_turn_time_per_gen_token_paired"] == pytest.approx(
+        two["times_s"][0] / one["times_s"][0] * gen_one / gen_two)  # one round: its own ratio
     assert "per token the gradient pass runs" in (tmp_path / "step_bench.md").read_text()
     # patches the vision tower encodes: the 224x224 image at full resolution (16x16 patches) in direct mode, the
     # half-resolution first view (8x8) in tool mode, once per group; each row's 112x112 crop (8x8); PAPO's masked
@@ -95,6 +98,28 @@ def test_step_bench_vlmrl_side(tmp_path, capsys):
     assert all(t["value"] > 0 and t["value_from_min"] > 0 and isinstance(t["pass"], bool) for t in report["targets"])
     m = report["machine"]
     assert m["cpu_count"] >= 1 and m["matmul_fp32_flops"]["peak"] > 0
+
+
+def test_ratios_from_medians_fastest_steps_and_rounds():
+    """Hand-made step times of two cases over three rounds: the paired ratio is the median of the per-round ratios
+    (2.0, 1.5, 2.6), not the ratio of the medians (2.6 / 1.0); a case with fewer rounds gets no paired ratio."""
+    counts = {"gen_tokens": 512, "train_run_tokens": 800}
+
+    def case(times, gen):
+        return {"times_s": times, "median_s": sorted(times)[1], "min_s": min(times),
+                "counts": {**counts, "gen_tokens": gen}}
+
+    cases = {"dtpo_one_turn": case([1.0, 2.0, 1.0], 512), "dtpo_two_turn": case([2.0, 3.0, 2.6], 768)}
+    r, targets = _load().ratios_and_targets("tiny", cases, None)
+    name = "dtpo_two_over_one_turn_time_per_gen_token"
+    assert r[name] == pytest.approx(2.6 / 1.0 / 1.5)
+    assert r[f"{name}_from_min"] == pytest.approx(2.0 / 1.0 / 1.5)
+    assert r[f"{name}_paired"] == pytest.approx(2.0 / 1.5)
+    assert targets == [{"target": name, "size": "tiny", "value": r[name], "value_from_min": r[f"{name}_from_min"],
+                        "value_paired": r[f"{name}_paired"], "goal": "<= 1.3", "pass": False}]
+    cases["dtpo_two_turn"] = case([2.0, 3.0], 768) | {"median_s": 2.5}
+    r, targets = _load().ratios_and_targets("tiny", cases, None)
+    assert f"{name}_paired" not in r and targets[0]["value_paired"] is None
 
 
 def test_vision_flops_per_patch_by_hand(tmp_path):

@@ -68,9 +68,8 @@ def last_mlp_only_at(core, keep: int | torch.Tensor, shape: tuple[int, int]):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.shape[:2] != rows.shape:  # not the pass the mask was made for
             return full(mlp, x)
-        flat = x.reshape(-1, x.shape[-1])
-        out = flat.new_zeros(flat.shape)
-        return out.index_copy(0, idx, full(mlp, flat[idx])).view_as(x)
+        flat, at = x.reshape(-1, x.shape[-1]), idx.to(x.device)  # the layer may sit on another device
+        return flat.new_zeros(flat.shape).index_copy(0, at, full(mlp, flat[at])).view_as(x)
 
     mlp.forward = forward  # an instance attribute: shadows the class's forward until deleted
     try:
