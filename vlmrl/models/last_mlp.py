@@ -37,13 +37,16 @@ def kept_positions(keep: int | torch.Tensor, shape: tuple[int, int], device) -> 
     return rows
 
 
+def checkpointing(core) -> bool:
+    """Whether the transformers model recomputes its layers in the backward pass (activation checkpointing)."""
+    on = getattr(core, "is_activation_checkpointing", None)  # transformers >= 5.x's name
+    return bool(getattr(core, "is_gradient_checkpointing", False) if on is None else on)
+
+
 def applies(core) -> bool:
     """Whether the last decoder layer's MLP may run on a subset of positions."""
-    checkpointing = getattr(core, "is_activation_checkpointing", None)  # transformers >= 5.x's name
-    if checkpointing is None:
-        checkpointing = getattr(core, "is_gradient_checkpointing", False)
     layers = getattr(getattr(getattr(core, "model", None), "language_model", None), "layers", None)
-    if checkpointing or not layers:
+    if checkpointing(core) or not layers:
         return False
     mlp = getattr(layers[-1], "mlp", None)
     return (type(mlp).__name__ in MLP_CLASSES and not mlp._forward_hooks and not mlp._forward_pre_hooks

@@ -27,7 +27,7 @@ import torch
 from vlmrl.data.vision import FAMILY_PATCH, image_factor
 from vlmrl.models.decoding import DecodeStep, PackedLinears, can_fuse
 from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
-from vlmrl.models.last_mlp import last_mlp_only_at
+from vlmrl.models.last_mlp import checkpointing, last_mlp_only_at
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -355,10 +355,7 @@ class Policy:
             return False
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return False
-        checkpointing = getattr(self.core, "is_activation_checkpointing", None)  # transformers >= 5.x's name
-        if checkpointing is None:
-            checkpointing = getattr(self.core, "is_gradient_checkpointing", False)
-        return not checkpointing and self._full_attention_only()
+        return not checkpointing(self.core) and self._full_attention_only()
 
     def _full_attention_only(self) -> bool:
         cfg = self.core.config.get_text_config()
