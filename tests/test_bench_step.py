@@ -82,7 +82,8 @@ def test_step_bench_vlmrl_side(tmp_path, capsys):
     # patches the vision tower encodes: the 224x224 image at full resolution (16x16 patches) in direct mode, the
     # half-resolution first view (8x8) in tool mode, once per group; each row's 112x112 crop (8x8); PAPO's masked
     # pass again
-    patches = {name: (x["counts"]["run_patches"], x["counts"]["score_run_patches"]) for name, x in tiny["cases"].items()}
+    patches = {name: (x["counts"]["run_patches"], x["counts"]["score_run_patches"])
+               for name, x in tiny["cases"].items()}
     assert patches == {"vlmrl_grpo": (256, 0), "vlmrl_papo": (256, 256), "dtpo_one_turn": (64, 0),
                        "dtpo_two_turn": (64 + 2 * 64, 0)}
     per_patch, n_lang = tiny["params"]["vision_flops_per_patch"], tiny["params"]["language"]

@@ -511,9 +511,10 @@ FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + 
                  "turns after it (train_run_tokens); T_gen = generated (policy) tokens; T_prefill = prompt tokens "
                  "once per prompt + tool-observation tokens; T_score = tokens of no-grad scoring passes (PAPO's "
                  "masked-image pass, T_train again: score_run_tokens); F_patch = the vision tower's forward FLOPs per "
-                 "image patch (2 per weight, the merger's shared by the 4 patches of a visual token); P_run = patches "
-                 "of each prompt's images once per group plus every row's crops (encoded once in the rollout, 1 x F_patch, "
-                 "and with gradients in the update, 3 x: run_patches); P_score = the same for the scoring passes. "
+                 "image patch (2 per weight, the merger's shared by the 4 patches of a visual token); P_run = "
+                 "patches of each prompt's images once per group plus every row's crops (encoded once in the rollout, "
+                 "1 x F_patch, and with gradients in the update, 3 x: run_patches); P_score = the same for the "
+                 "scoring passes. "
                  "Attention-score FLOPs are not counted.")
 
 
