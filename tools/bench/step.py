@@ -206,6 +206,10 @@ def _patches(traj, kind: str) -> int:
     return sum(math.prod(v.grid_thw) for im, v in zip(traj.images, traj.vision) if im.kind == kind)
 
 
+def _in_vision_tower(param_name: str) -> bool:
+    return ".visual." in f".{param_name}"
+
+
 def vision_flops_per_patch(model) -> float:
     """Forward FLOPs of the vision tower per image patch: 2 per weight the patch is multiplied by (the patch
     embedding and every block), the merger's weights counted once per merge x merge patches (they act on the
@@ -213,7 +217,7 @@ def vision_flops_per_patch(model) -> float:
     merge = model.config.vision_config.spatial_merge_size
     flops = 0.0
     for name, p in model.named_parameters():
-        if ".visual." not in f".{name}" or p.dim() < 2 or "pos_embed" in name:
+        if not _in_vision_tower(name) or p.dim() < 2 or "pos_embed" in name:
             continue
         flops += 2 * p.numel() / (merge * merge if "merger" in name else 1)
     return flops
@@ -237,7 +241,7 @@ class VlmrlCase:
         self.case, self.cfg = case, cfg
         self.score_passes = int(cfg.algo.papo.enabled and not cfg.algo.papo.masked_grad) + int(cfg.algo.kl_coef > 0)
         model = self.policy.core
-        vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
+        vision = sum(p.numel() for n, p in model.named_parameters() if _in_vision_tower(n))
         total = sum(p.numel() for p in model.parameters())
         self.info = {"params": {"total": total, "vision": vision, "language": total - vision,
                                 "vision_flops_per_patch": vision_flops_per_patch(model)},
@@ -514,8 +518,7 @@ FLOPS_FORMULA = ("model FLOPs per step = 6*N*T_train + 2*N*(T_prefill + T_gen + 
                  "image patch (2 per weight, the merger's shared by the 4 patches of a visual token); P_run = "
                  "patches of each prompt's images once per group plus every row's crops (encoded once in the rollout, "
                  "1 x F_patch, and with gradients in the update, 3 x: run_patches); P_score = the same for the "
-                 "scoring passes. "
-                 "Attention-score FLOPs are not counted.")
+                 "scoring passes. Attention-score FLOPs are not counted.")
 
 
 def model_flops(counts: dict, n_language: int, vision_per_patch: float = 0.0) -> float:
@@ -623,17 +626,15 @@ def to_markdown(report: dict) -> str:
         paired = f"{t['value_paired']:.2f}x" if t.get("value_paired") is not None else "-"
         lines.append(f"| {t['target']} | {t['size']} | {t['value']:.2f}x | {t['value_from_min']:.2f}x | {paired} | "
                      f"{t['goal']} | {'PASS' if t['pass'] else 'FAIL'} |")
-    per_run = [f"{size} {s['ratios']['dtpo_two_over_one_turn_time_per_run_token']:.2f}x" for size, s in
-               report["sizes"].items() if "dtpo_two_over_one_turn_time_per_run_token" in s["ratios"]]
-    if per_run:
-        lines += ["", "Not a target: DTPO two-turn / one-turn step time per token the gradient pass runs (each prompt "
-                      "once, then every row's call, tool observation and answer): " + ", ".join(per_run) + "."]
-    work = [f"{size} {s['ratios']['dtpo_two_over_one_turn_flops_per_gen_token']:.2f}x" for size, s in
-            report["sizes"].items() if "dtpo_two_over_one_turn_flops_per_gen_token" in s["ratios"]]
-    if work:
-        lines += ["", "Not a target: DTPO two-turn / one-turn model FLOPs per generated token, i.e. the per-token "
-                      "time ratio if both steps ran at the same FLOP/s (the two-turn step also trains the tool "
-                      "observation and encodes the crops): " + ", ".join(work) + "."]
+    for key, what in (("dtpo_two_over_one_turn_time_per_run_token",
+                       "step time per token the gradient pass runs (each prompt once, then every row's call, tool "
+                       "observation and answer)"),
+                      ("dtpo_two_over_one_turn_flops_per_gen_token",
+                       "model FLOPs per generated token, i.e. the per-token time ratio if both steps ran at the same "
+                       "FLOP/s (the two-turn step also trains the tool observation and encodes the crops)")):
+        values = [f"{size} {s['ratios'][key]:.2f}x" for size, s in report["sizes"].items() if key in s["ratios"]]
+        if values:
+            lines += ["", f"Not a target: DTPO two-turn / one-turn {what}: " + ", ".join(values) + "."]
     lines += [
         "",
         "## Step time, FLOP/s and memory",

@@ -19,6 +19,7 @@ only its new tokens, at the rope positions a full pass gives them.
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -326,9 +327,8 @@ class Policy:
     def _forward(self, inputs: dict, keep: int | torch.Tensor, **kw):
         """`self.model(**inputs, logits_to_keep=keep, **kw)`; with `last_mlp_only` (the default), the last decoder
         layer's MLP runs only at the kept positions, the only ones whose output is read (vlmrl/models/last_mlp.py)."""
-        if not self.last_mlp_only:
-            return self.model(**inputs, logits_to_keep=keep, **kw)
-        with last_mlp_only_at(self.core, keep, tuple(inputs["input_ids"].shape)):
+        shape = tuple(inputs["input_ids"].shape)
+        with last_mlp_only_at(self.core, keep, shape) if self.last_mlp_only else nullcontext():
             return self.model(**inputs, logits_to_keep=keep, **kw)
 
     def _bool_logits_to_keep(self) -> bool:
