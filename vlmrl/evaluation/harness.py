@@ -284,6 +284,7 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
     import torch
     from tqdm import tqdm
 
+    from vlmrl.models.hf_sampler import HFSampler
     from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
     from vlmrl.rollout.trajectory import save_traces
 
@@ -307,7 +308,7 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
                         temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed,
                         first_turn_prefix=settings.prefix, **budgets)
     mfn = messages_fn_for(task)
-    engine = RolloutEngine(policy, cfg, messages_fn=mfn)
+    engine = RolloutEngine(policy, cfg, messages_fn=mfn, sampler=HFSampler(policy))
     K = settings.samples
     bar = tqdm(total=len(docs), initial=len(done), desc=f"eval {task.name}", unit="doc", disable=not progress,
                file=sys.stderr)

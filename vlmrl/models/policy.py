@@ -1,92 +1,27 @@
-"""The policy wrapper: one Qwen-VL model plus its processor, with the few operations RL needs.
+"""The policy and its scorer: one Qwen-VL model plus its processor, with what training needs of it.
 
-- `Policy.load(path)`: a local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (never the hub).
-- `encode_image(img)`: pixels + grid for an image already sized to the family's factor (see data.vision).
-- `collate(seqs)`: left-padded batch with `mm_token_type_ids` and explicit 3-D rope positions.
+- `Policy.load(path)`: a local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (never the hub); `policy.codec` (see
+  vlmrl/models/codec.py) turns token ids and images into model inputs (`collate`).
 - `logprobs(seqs, mask)`: teacher-forced per-token log-probs (and entropies) of the masked tokens; with
   `share_prefix=True`, rows that share a prompt (ids and images) run it once, with gradients.
-- `generate(prompts, ...)`: batched sampling with a KV cache; vision special tokens are never sampled.
 
-A `Seq` is a token-id list plus the `VisionInput`s of its image placeholders, in order. Every tensor the
-wrapper returns is laid out like `collate`'s batch: row b, column T - len(b) + i is token i of sequence b.
-
-Sampling cost (see tools/bench/rollout.py): each prompt is prefilled once and its cache shared by its
-samples; the cache is written in place (`KVCache`); decoding steps skip the HF forward's per-step work
-(`DecodeStep`); and a later turn that extends a sampled row (`Seq.kv`, taken from `Generation.kv`) prefills
-only its new tokens, at the rope positions a full pass gives them.
+Sampling is not here: it goes through a `vlmrl.models.sampler.Sampler` (`vlmrl.models.hf_sampler.HFSampler` runs
+this policy's model). Every tensor the scorer returns is laid out like `collate`'s batch: row b, column
+T - len(b) + i is token i of sequence b.
 """
 
 from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vlmrl.data.vision import FAMILY_PATCH, image_factor
-from vlmrl.models.decoding import DecodeStep, PackedLinears, can_fuse
-from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
+from vlmrl.models.codec import Codec, Seq, VisionInput  # noqa: F401  (Seq, VisionInput: importable from here too)
 from vlmrl.models.last_mlp import checkpointing, last_mlp_only_at
 
 FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
-VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-@dataclass
-class VisionInput:
-    """One image as the vision tower takes it: flattened patches and its (t, h, w) patch grid."""
-
-    pixel_values: torch.Tensor  # [t*h*w, C*temporal*patch*patch]
-    grid_thw: tuple[int, int, int]
-    size: tuple[int, int]  # (width, height) in pixels, after sizing
-
-    def num_tokens(self, merge: int = 2) -> int:
-        t, h, w = self.grid_thw
-        return t * h * w // (merge * merge)
-
-
-@dataclass
-class Seq:
-    """Token ids of one sequence and the images of its `<|image_pad|>` runs, in order."""
-
-    ids: list[int]
-    images: list[VisionInput] = field(default_factory=list)
-    kv: KVRef | None = field(default=None, repr=False, compare=False)  # cached prefix (see generate)
-
-
-@dataclass
-class Generation:
-    """Sampled continuation of one prompt."""
-
-    ids: list[int]
-    logprobs: list[float]
-    finish: str  # "stop" (eos or stop string) or "length"
-    kv: KVRef | None = field(default=None, repr=False, compare=False)  # the row's cache, for a next turn
-
-
-@dataclass
-class _Rows:
-    """Decoding state of a batch: its cache, next-token logits [n, V], next rope position [n], which cache
-    columns hold real tokens [n, W], and the tokens (and images) each row's cache holds."""
-
-    cache: object
-    logits: torch.Tensor
-    pos: torch.Tensor
-    valid: torch.Tensor
-    covered: list[tuple[list[int], list]]
-
-    def repeat(self, k: int, share: bool = False) -> "_Rows":
-        """Each row becomes k rows; `share`: the cache keeps each prompt once (`KVCache.share_prefix`)."""
-        if k > 1:
-            if share:
-                self.cache.share_prefix(k)
-            else:
-                self.cache.batch_repeat_interleave(k)
-            self.logits, self.pos, self.valid = (x.repeat_interleave(k, 0) for x in (self.logits, self.pos, self.valid))
-            self.covered = [c for c in self.covered for _ in range(k)]
-        return self
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -133,25 +68,13 @@ class Policy:
     def __init__(self, model, processor, family: str):
         self.model = model
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.image_processor = processor.image_processor
-        self.family = family
-        self.factor = image_factor(family)
-        self.merge = FAMILY_PATCH[family][1]
-        tok = self.tokenizer
-        self.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
-        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.eos_token_ids = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None})
-        self.banned_token_ids = [tok.convert_tokens_to_ids(t) for t in VISION_SPECIAL]
+        self.codec = codec = Codec(processor, family)
+        self.tokenizer, self.image_processor, self.family = codec.tokenizer, codec.image_processor, family
+        self.factor, self.merge = codec.factor, codec.merge
+        self.image_token_id, self.pad_token_id = codec.image_token_id, codec.pad_token_id
+        self.eos_token_ids, self.banned_token_ids = codec.eos_token_ids, codec.banned_token_ids
         self._banned = None
         self._bool_keep = None  # see _bool_logits_to_keep
-        # sampling: a prompt's KV cache is kept once for its samples (KVCache.share_prefix) when the fused
-        # decoding step applies; False repeats it per sample (the same results, more memory traffic)
-        self.share_prompt_cache = True
-        self.share_prompt_min = 1 << 14
-        # sampling on CPU in float32: decoding steps use oneDNN-packed copies of the linear weights (a second
-        # copy of the language model's weights, refreshed when they change); False: the modules as they are
-        self.decode_linears = PackedLinears()
         # forward passes with logits_to_keep run the last layer's MLP only where the LM head reads (same values
         # and gradients there; vlmrl/models/last_mlp.py); False: at every position
         self.last_mlp_only = True
@@ -195,67 +118,9 @@ class Policy:
             m = m.get_base_model()
         return m
 
-    # ------------------------------------------------------------------ inputs
-
-    def encode_image(self, image) -> VisionInput:
-        """Patchify a PIL image whose sides are multiples of the family factor (size it with fit_to_budget)."""
-        w, h = image.size
-        if w % self.factor or h % self.factor:
-            raise ValueError(
-                f"image of size {w}x{h} is not a multiple of {self.factor} per side; "
-                "resize it with vlmrl.data fit_to_budget / smart_resize first")
-        out = self.image_processor(images=[image], do_resize=False, return_tensors="pt")
-        grid = tuple(int(x) for x in out["image_grid_thw"][0].tolist())
-        return VisionInput(out["pixel_values"], grid, (w, h))
-
-    def image_placeholder(self, vis: VisionInput) -> list[int]:
-        """Token ids of one image in a sequence: vision_start, n image pads, vision_end."""
-        tok = self.tokenizer
-        start, end = tok.convert_tokens_to_ids("<|vision_start|>"), tok.convert_tokens_to_ids("<|vision_end|>")
-        return [start] + [self.image_token_id] * vis.num_tokens(self.merge) + [end]
-
-    def check_seq(self, seq: Seq, where: str = "sequence") -> None:
-        """Raise a clear error when image placeholders and images disagree."""
-        ids = torch.tensor(seq.ids)
-        n_tokens = int((ids == self.image_token_id).sum())
-        expected = sum(v.num_tokens(self.merge) for v in seq.images)
-        if n_tokens != expected:
-            raise ValueError(
-                f"{where}: {n_tokens} image tokens in the text but the {len(seq.images)} image(s) need {expected}")
-
     def collate(self, seqs: list[Seq], tokens: dict | None = None) -> dict:
-        """Left-pad sequences into model inputs with mm_token_type_ids and 3-D rope positions (`tokens`: their
-        `_token_batch`, when the caller has it already)."""
-        batch = dict(tokens) if tokens is not None else self._token_batch(seqs)
-        images = [v for s in seqs for v in s.images]
-        if images:
-            batch["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
-        batch["position_ids"] = self.rope_positions(batch)
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def _token_batch(self, seqs: list[Seq]) -> dict:
-        """input_ids, attention_mask, mm_token_type_ids (and image_grid_thw) of the left-padded sequences."""
-        T = max(len(s.ids) for s in seqs)
-        B = len(seqs)
-        ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, T), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, T - len(s.ids):] = torch.tensor(s.ids, dtype=torch.long)
-            attn[b, T - len(s.ids):] = 1
-        mm = (ids == self.image_token_id).long() * attn
-        batch = {"input_ids": ids, "attention_mask": attn, "mm_token_type_ids": mm}
-        grids = [v.grid_thw for s in seqs for v in s.images]
-        if grids:
-            batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
-        return batch
-
-    def rope_positions(self, batch: dict) -> torch.Tensor:
-        """[3, B, T] multimodal rope positions (padding gets position 0)."""
-        core = self.core.model if hasattr(self.core, "model") else self.core
-        pos, _ = core.get_rope_index(
-            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
-            image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch["attention_mask"])
-        return pos
+        """`codec.collate` on this model and device: left-padded model inputs with 3-D rope positions."""
+        return self.codec.collate(seqs, self.core, self.device, tokens)
 
     # ------------------------------------------------------------------ scoring
 
@@ -280,7 +145,7 @@ class Policy:
         images, once (`_shared_prefix_logits`); the results and gradients are the single pass's, up to float
         rounding. Without a caller's `batch` only; it falls back to the single pass where it cannot apply."""
         if batch is None:
-            tokens = self._token_batch(seqs)
+            tokens = self.codec.token_batch(seqs)
             ids, attn = tokens["input_ids"].to(self.device), tokens["attention_mask"]
         else:
             ids, attn = batch["input_ids"], batch["attention_mask"]
@@ -434,206 +299,12 @@ class Policy:
         families). None when a part starts inside an image."""
         if any(p.ids.count(self.image_token_id) != sum(v.num_tokens(self.merge) for v in p.images) for p in parts):
             return None
-        block = self._token_batch(parts)
-        block["position_ids"] = self.rope_positions(block) + start.view(1, -1, 1)
+        block = self.codec.token_batch(parts)
+        block["position_ids"] = self.codec.rope_positions(block, self.core) + start.view(1, -1, 1)
         images = [v for p in parts for v in p.images]
         if images:
             block["pixel_values"] = torch.cat([v.pixel_values for v in images], dim=0)
         return {k: v.to(self.device) for k, v in block.items()}
-
-    # ------------------------------------------------------------------ sampling
-
-    @torch.inference_mode()
-    def generate(self, prompts: list[Seq], max_new_tokens: int | list[int] = 64, temperature: float = 1.0, top_p: float = 1.0,
-                 stop_strings: tuple[str, ...] = (), num_samples: int = 1,
-                 generator: torch.Generator | None = None) -> list[Generation]:
-        """Sample `num_samples` continuations of each prompt (prompt-major order: p0s0, p0s1, ..., p1s0, ...).
-
-        Each prompt is prefilled once and its KV cache shared by its samples. `temperature=0` is greedy.
-        `max_new_tokens` may be a list with one cap per prompt.
-        Recorded log-probs are those of the sampled tokens under the temperature-scaled distribution
-        (before top-p), i.e. what `logprobs(..., temperature=...)` recomputes.
-
-        Each Generation's `kv` refers to its row's cache. Prompts that all carry `kv` refs of one earlier call
-        (`Seq(prompt.ids + gen.ids + more, images, kv=gen.kv)`) are prefilled from their new tokens on; any
-        other batch is prefilled in full. Both give the same tokens and log-probs (up to float rounding)."""
-        if not prompts:
-            return []
-        for i, p in enumerate(prompts):
-            self.check_seq(p, where=f"prompt {i}")
-        caps = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(caps) != len(prompts) or min(caps) < 1:
-            raise ValueError(f"max_new_tokens must be >= 1 per prompt, got {max_new_tokens}")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            rows = self._prefill(prompts, reserve=max(caps))
-            rows = rows.repeat(num_samples, share=self._share_prompt(rows))
-            caps = [c for c in caps for _ in range(num_samples)]
-            return self._decode(rows, caps, temperature, top_p, stop_strings, generator)
-        finally:
-            if was_training:
-                self.model.train()
-
-    def _share_prompt(self, rows: _Rows) -> bool:
-        """Whether the G samples of each prompt read one copy of its cache (`KVCache.share_prefix`): with the
-        fused decoding step, and when a row's prompt keys per layer (kv heads x tokens x head dim) number at
-        least `share_prompt_min`; below that the few extra small ops per step cost more than they save."""
-        if not (self.share_prompt_cache and can_fuse(self.core.model.language_model, rows.cache)):
-            return False
-        keys = rows.cache.layers[0].keys
-        return keys.shape[1] * keys.shape[2] * keys.shape[3] >= self.share_prompt_min
-
-    def _new_cache(self, reserve: int):
-        """A KVCache (written in place) for full-attention models; HF's DynamicCache otherwise."""
-        from transformers import DynamicCache
-
-        cfg = self.core.config.get_text_config()
-        if set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"}:
-            return KVCache(cfg.num_hidden_layers, reserve)
-        return DynamicCache(config=cfg)
-
-    def _prefill(self, prompts: list[Seq], reserve: int) -> _Rows:
-        refs = [p.kv for p in prompts]
-        if all(r is not None for r in refs):
-            state = refs[0].state
-            if isinstance(state.cache, KVCache) and all(
-                    r.state is state and r.matches(p.ids, p.images) for r, p in zip(refs, prompts)):
-                rows = self._prefill_continued(prompts, refs, reserve)
-                if rows is not None:
-                    return rows
-        return self._prefill_fresh(prompts, reserve)
-
-    def _prefill_fresh(self, prompts: list[Seq], reserve: int) -> _Rows:
-        batch = self.collate(prompts)
-        cache = self._new_cache(reserve)
-        logits = self._forward(batch, 1, past_key_values=cache, use_cache=True).logits[:, -1]
-        pos = batch["position_ids"].amax(dim=(0, 2)) + 1  # [n] next rope position
-        return _Rows(cache, logits, pos, batch["attention_mask"].bool(), [(p.ids, p.images) for p in prompts])
-
-    def _prefill_continued(self, prompts: list[Seq], refs: list[KVRef], reserve: int) -> _Rows | None:
-        """Prefill only what each prompt adds to the tokens its row's cache holds.
-
-        The kept rows are compacted into a fresh cache (their real columns right-aligned; a prompt cache shared by
-        its samples stays shared when the rows going on are the same number per prompt), and the new tokens
-        fed as one left-padded block (so right-aligned; a shorter row's leading slots are masked holes), at the
-        rope positions `_continuation_inputs` gives. None when a row's new part would start inside an image
-        (then the caller prefills in full)."""
-        keep = [min(len(r.ids), len(p.ids) - 1) for r, p in zip(refs, prompts)]  # >= 1 new token per row
-        parts = [Seq(p.ids[k:], p.images[len(r.images):]) for p, r, k in zip(prompts, refs, keep)]
-        start = torch.tensor([r.next_pos - (len(r.ids) - k) for r, k in zip(refs, keep)])
-        inputs = self._continuation_inputs(parts, start)
-        if inputs is None:
-            return None
-        state = refs[0].state
-        rows = [r.row for r in refs]
-        old = state.valid[rows].cpu()
-        cache = state.take()
-        spare = inputs["input_ids"].shape[1] + reserve
-        P = cache.layers[0].prefix_len
-        in_prompt = old[:, :P].sum(1).tolist()
-        prefixes = _kept_prefixes(cache.layers[0], rows, in_prompt, keep)
-        if prefixes is None:  # each kept row gets its own copy of everything it keeps
-            runs, valid = compaction_runs(old, keep)
-            cache.compact(rows, runs, max(keep), reserve=spare)
-        else:  # the prompts stay stored once; only the rows' own columns are compacted
-            own = [k - c for k, c in zip(keep, in_prompt)]
-            runs, valid = compaction_runs(old[:, P:], own)
-            cache.compact(rows, [[(s + P, n) for s, n in r] for r in runs], max(own), reserve=spare,
-                          prefixes=prefixes)
-            valid = torch.cat([old[:, :P], valid], dim=1)
-        valid = torch.cat([valid.to(self.device), inputs["attention_mask"].bool()], dim=1)
-        inputs["attention_mask"] = valid.long()
-        logits = self._forward(inputs, 1, past_key_values=cache, use_cache=True).logits[:, -1]
-        pos = inputs["position_ids"].amax(dim=(0, 2)) + 1
-        return _Rows(cache, logits, pos, valid, [(p.ids, p.images) for p in prompts])
-
-    def _decode(self, rows: _Rows, caps: list[int], temperature: float, top_p: float, stop_strings,
-                generator: torch.Generator | None) -> list[Generation]:
-        """The sampling loop: one token per active row and step, kept on the device until the end."""
-        dev = rows.logits.device
-        n, steps, W = rows.logits.shape[0], max(caps), rows.valid.shape[1]
-        stop_ids, text_stops = self._stop_tokens(stop_strings)
-        stop_ids = torch.tensor(sorted(stop_ids), device=dev)
-        caps_t = torch.tensor(caps, device=dev)
-        toks = torch.full((n, steps), self.pad_token_id, dtype=torch.long, device=dev)
-        lps = torch.zeros((n, steps), device=dev)
-        valid = torch.zeros((n, W + steps), dtype=torch.bool, device=dev)  # cache columns holding real tokens
-        valid[:, :W] = rows.valid
-        length = torch.zeros(n, dtype=torch.long, device=dev)
-        done = torch.zeros(n, dtype=torch.bool, device=dev)
-        stopped = torch.zeros_like(done)
-        step_fn = DecodeStep(self.core, rows.cache, int(rows.pos.min()), int(rows.pos.max()) + steps,
-                             linears=self.decode_linears)
-        logits, pos, temp = rows.logits, rows.pos, (temperature if temperature > 0 else 1.0)
-        for step in range(steps):  # ends by `break`: at the last step every row has reached its cap
-            logp = self._logp_from_logits(logits, temp)
-            tok = sample_tokens(logp, top_p=top_p, greedy=temperature <= 0, generator=generator)
-            active = ~done
-            tok = tok.masked_fill(done, self.pad_token_id)  # finished rows idle on masked padding
-            toks[:, step] = tok
-            lps[:, step] = logp.gather(-1, tok[:, None]).squeeze(-1)
-            length += active
-            stop = active & torch.isin(tok, stop_ids)
-            if text_stops:
-                stop |= self._text_stops(toks, length, active & ~stop, text_stops)
-            stopped |= stop
-            done = done | stop | (length >= caps_t)
-            if bool(done.all()):
-                break
-            valid[:, W + step] = active  # the token just sampled is fed for the rows that sampled it
-            logits = step_fn(tok, pos, valid[:, :W + step + 1])
-            pos = pos + 1
-        return self._generations(rows, toks, lps, length, stopped, valid[:, :W + step], W)
-
-    def _generations(self, rows: _Rows, toks, lps, length, stopped, valid: torch.Tensor, W: int) -> list[Generation]:
-        """The sampled rows, each with a KVRef to its row of the cache: its prompt and the sampled tokens that
-        were fed back (`valid[:, W:]`; a row's last token is not, when the loop ended right after it)."""
-        fed, next_pos = valid[:, W:].sum(1).tolist(), rows.pos.tolist()
-        state = KVState(rows.cache, valid) if isinstance(rows.cache, KVCache) else None
-        out = []
-        for i, (ids, lp, L, s) in enumerate(zip(toks.tolist(), lps.tolist(), length.tolist(), stopped.tolist())):
-            ref = None
-            if state is not None:
-                covered_ids, covered_images = rows.covered[i]
-                ref = KVRef(state, i, covered_ids + ids[:fed[i]], covered_images, next_pos=next_pos[i] + fed[i])
-            out.append(Generation(ids[:L], lp[:L], "stop" if s else "length", ref))
-        return out
-
-    def _text_stops(self, toks: torch.Tensor, length: torch.Tensor, rows: torch.Tensor, text_stops) -> torch.Tensor:
-        """Rows (among `rows`) whose decoded tail ends with a multi-token stop string."""
-        hit = torch.zeros_like(rows)
-        for i in torch.nonzero(rows).flatten().tolist():
-            L = int(length[i])
-            tail = self.tokenizer.decode(toks[i, max(0, L - 8):L].tolist(), skip_special_tokens=False)
-            hit[i] = any(tail.endswith(s) for s in text_stops)
-        return hit
-
-    def _stop_tokens(self, stop_strings) -> tuple[set[int], tuple[str, ...]]:
-        """Stop strings that are one token become stop ids; the rest are matched on decoded text."""
-        ids = set(self.eos_token_ids)
-        text = []
-        for s in stop_strings:
-            enc = self.tokenizer.encode(s, add_special_tokens=False)
-            if len(enc) == 1:
-                ids.add(enc[0])
-            else:
-                text.append(s)
-        return ids, tuple(text)
-
-
-def _kept_prefixes(layer, rows: list[int], in_prompt: list[int], keep: list[int]) -> list[int] | None:
-    """The prompts whose shared cache (`KVCache.share_prefix`) the continuing `rows` can keep reading: when the
-    rows are the same number per prompt, prompt-major, and each keeps its whole prompt (`keep[j]` of its tokens
-    >= the `in_prompt[j]` that are prompt tokens). None otherwise, or when the cache has no shared prefix."""
-    if getattr(layer, "prefix", None) is None or not rows:
-        return None
-    owners = [r // layer.group for r in rows]
-    prefixes = list(dict.fromkeys(owners))
-    per = len(rows) // len(prefixes)
-    if owners != [p for p in prefixes for _ in range(per)] or any(k < c for k, c in zip(keep, in_prompt)):
-        return None
-    return prefixes
 
 
 def _same_seq(a: Seq, b: Seq) -> bool:
@@ -641,33 +312,6 @@ def _same_seq(a: Seq, b: Seq) -> bool:
     return a.ids == b.ids and len(a.images) == len(b.images) and all(
         x is y or (x.grid_thw == y.grid_thw and torch.equal(x.pixel_values, y.pixel_values))
         for x, y in zip(a.images, b.images))
-
-
-def sample_tokens(logp: torch.Tensor, top_p: float = 1.0, greedy: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from log-probs [N, V]: argmax, or inverse-CDF sampling within the top-p nucleus.
-
-    Inverse-CDF (cumsum + searchsorted) is ~15x cheaper than torch.multinomial over large vocabularies."""
-    if greedy:
-        return logp.argmax(-1)
-    probs = logp.exp()
-    if top_p < 1.0:
-        sp, idx = probs.sort(dim=-1, descending=True)
-        cum = sp.cumsum(-1)
-        keep = (cum - sp) < top_p  # always keeps the most likely token
-        sp = sp * keep
-        cum = sp.cumsum(-1)
-        u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cum[:, -1:]
-        j = torch.searchsorted(cum, u).clamp_(max=probs.shape[-1] - 1)
-        return idx.gather(-1, j).squeeze(-1)
-    cum = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cum[:, -1:]
-    tok = torch.searchsorted(cum, u).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
-    # never land on a zero-probability token because of float ties at the boundary
-    bad = probs.gather(-1, tok[:, None]).squeeze(-1) <= 0
-    if bad.any():
-        tok[bad] = probs[bad].argmax(-1)
-    return tok
 
 
 def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,

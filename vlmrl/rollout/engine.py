@@ -8,9 +8,11 @@ the length cap. Direct mode: one turn on the full-resolution image.
 Token bookkeeping is append-only: a turn's tokens are never re-rendered, so a teacher-forced pass over
 `traj.ids` reproduces the sampling-time log-probs (tests/test_rollout.py checks it).
 
-KV reuse (`reuse_kv`, on by default): a later turn hands each continuing trajectory's cache from the turn
-before back to `Policy.generate` (`Seq.kv`), which then prefills only the observation (tool response text and
-crop image tokens) instead of the whole history; tests/test_perf_kv.py checks it matches a full re-prefill.
+Generation goes through a `vlmrl.models.sampler.Sampler` only (default: `HFSampler` over the policy): each turn
+hands it `Prompt`s (token ids + PIL images) and takes back sampled ids and log-probs. Images are encoded with the
+policy's codec (`codec.vision`, memoised per image), whose encodings the trajectories keep for training.
+The HF sampler continues a later turn from the cache of the turn before (it remembers its previous call's rows),
+so it prefills only the observation; tests/test_hf_sampler.py checks it matches a full re-prefill.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Callable
 
 import torch
 
-from vlmrl.models.policy import Generation, Policy, Seq
+from vlmrl.models.hf_sampler import HFSampler
+from vlmrl.models.policy import Policy
+from vlmrl.models.sampler import Generation, Prompt, Sampler, SamplingParams
 from vlmrl.rollout import tool as crop_tool
 from vlmrl.rollout.trajectory import ToolCallRecord, TrajImage, Trajectory
 
@@ -46,7 +50,6 @@ class RolloutConfig:
     seed: int = 0
     first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
     #                              "{question}" in it stands for the sample's question
-    reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)
 
     def __post_init__(self):
         if self.mode not in ("tool", "direct"):
@@ -74,11 +77,14 @@ def _default_messages(sample, cfg: RolloutConfig, family: str) -> list[dict]:
 
 
 class RolloutEngine:
-    """Runs rollouts of a Policy. `messages_fn(sample, cfg, family)` builds the chat messages of a sample."""
+    """Runs rollouts: `policy` gives the tokenizer and image codec, `sampler` (default: `HFSampler(policy)`) the
+    generations. `messages_fn(sample, cfg, family)` builds the chat messages of a sample."""
 
     def __init__(self, policy: Policy, cfg: RolloutConfig | None = None,
-                 messages_fn: Callable | None = None):
+                 messages_fn: Callable | None = None, sampler: Sampler | None = None):
         self.policy = policy
+        self.codec = policy.codec
+        self.sampler = sampler if sampler is not None else HFSampler(policy)
         self.cfg = cfg or RolloutConfig()
         self.messages_fn = messages_fn or _default_messages
         tok = policy.tokenizer
@@ -95,7 +101,7 @@ class RolloutEngine:
                                         cfg.first_view_max_pixels)
         return crop_tool.first_view(image, 1.0, f, cfg.image_min_pixels, cfg.image_max_pixels)
 
-    def build_prompt(self, sample, index: int = 0) -> tuple[Seq, list[TrajImage]]:
+    def build_prompt(self, sample, index: int = 0) -> tuple[Prompt, list[TrajImage]]:
         """Token ids and images of a sample's prompt (first views in tool mode)."""
         pol = self.policy
         where = f"sample {getattr(sample, 'id', index)!r}"
@@ -106,21 +112,21 @@ class RolloutEngine:
         if n_slots != len(sample.images):
             raise ValueError(f"{where}: the prompt has {n_slots} image placeholder(s) but the sample has "
                              f"{len(sample.images)} image(s)")
-        ids, vision, images = [], [], []
+        ids, views, images = [], [], []
         for t in raw_ids:
             if t != pol.image_token_id:
                 ids.append(t)
                 continue
-            src = sample.images[len(vision)]
+            src = sample.images[len(views)]
             view = self._view(src)
-            v = pol.encode_image(view)
-            vision.append(v)
+            v = self.codec.vision(view)
+            views.append(view)
             images.append(TrajImage("input", view.size, src.size, v.num_tokens(pol.merge), -1, image=view))
             ids.extend([pol.image_token_id] * v.num_tokens(pol.merge))
         if len(ids) >= self.cfg.max_total_tokens:
             raise PromptTooLong(f"{where}: the prompt is {len(ids)} tokens (images included), which does not "
                                 f"fit max_total_tokens={self.cfg.max_total_tokens}")
-        return Seq(ids, vision), images
+        return Prompt(ids, views), images
 
     # ------------------------------------------------------------------ rollouts
 
@@ -136,6 +142,7 @@ class RolloutEngine:
             prompts = [self.build_prompt(s, i) for i, s in enumerate(samples)]
         trajs: list[Trajectory] = []
         for i, (s, (seq, imgs)) in enumerate(zip(samples, prompts)):
+            vision = [self.codec.vision(im) for im in seq.images]
             for g in range(group_size):
                 trajs.append(Trajectory(
                     prompt_index=i, sample_index=g, sample_id=str(getattr(s, "id", i)), question=s.question,
@@ -143,9 +150,9 @@ class RolloutEngine:
                     response_mask=[0] * len(seq.ids), turn_ids=[-1] * len(seq.ids), logprobs=[0.0] * len(seq.ids),
                     prompt_len=len(seq.ids), images=[TrajImage(**{**im.__dict__}) for im in imgs],
                     mode=cfg.mode, choices=getattr(s, "choices", None), meta=dict(getattr(s, "meta", {}) or {}),
-                    vision=list(seq.images)))
+                    vision=list(vision)))
         stops = ("</tool_call>",) if cfg.mode == "tool" else ()
-        active, kv = list(range(len(trajs))), {}
+        active = list(range(len(trajs)))
         for turn in range(cfg.max_turns if cfg.mode == "tool" else 1):
             if not active:
                 break
@@ -153,25 +160,24 @@ class RolloutEngine:
                 gens = self._first_turn([p[0] for p in prompts], group_size, stops, generator,
                                          [s.question for s in samples])
             else:
-                # each row's cache from the turn before goes with its history (None: full prefill)
-                seqs = [Seq(list(trajs[i].ids), trajs[i].vision, kv=kv.pop(i, None)) for i in active]
-                gens = self._generate_each(seqs, active, stops, generator)
+                # each trajectory's whole history (the images it has seen, in order, are its TrajImages')
+                seqs = [Prompt(list(trajs[i].ids), [im.image for im in trajs[i].images]) for i in active]
+                gens = self._generate_each(seqs, stops, generator)
             still = []
             for i, gen in zip(active, gens):
                 if self._absorb(trajs[i], samples[trajs[i].prompt_index], gen, turn):
                     still.append(i)
-                    kv[i] = gen.kv if cfg.reuse_kv else None
             active = still
         for t in trajs:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)
         return trajs
 
-    def _first_turn(self, seqs: list[Seq], group_size: int, stops, generator, questions: list[str]):
+    def _first_turn(self, seqs: list[Prompt], group_size: int, stops, generator, questions: list[str]):
         """G samples per prompt, each starting with `first_turn_prefix` when one is set (its `{question}`, if
         any, replaced by the sample's question): the forced tokens are part of the turn (log-prob 0.0), so its
-        text, and a tool call in it, is what gets parsed; the cache covers them too. A prefix that already
-        holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
-        cfg, pol = self.cfg, self.policy
+        text, and a tool call in it, is what gets parsed; the prompt sampled from ends with them. A prefix that
+        already holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
+        cfg = self.cfg
         texts = [cfg.first_turn_prefix.replace("{question}", (q or "").strip()) for q in questions]
         cuts = [min((p.index(s) + len(s) for s in stops if s in p), default=None) for p in texts]
         whole_turn = all(c is not None for c in cuts)
@@ -181,19 +187,21 @@ class RolloutEngine:
         forced = [encoded[p] for p in texts]
         if whole_turn:
             return [Generation(list(f), [0.0] * len(f), "stop") for f in forced for _ in range(group_size)]
-        seqs = [Seq(list(s.ids) + f, s.images) for s, f in zip(seqs, forced)]
+        seqs = [Prompt(list(s.ids) + f, s.images) for s, f in zip(seqs, forced)]
         budget = [max(1, min(cfg.max_new_tokens - len(f), cfg.max_total_tokens - len(s.ids))) for s, f in zip(seqs, forced)]
-        gens = pol.generate(seqs, max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,
-                            stop_strings=stops, num_samples=group_size, generator=generator)
+        gens = self.sampler.generate(seqs, SamplingParams(
+            max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, stop_strings=stops, n=group_size,
+            generator=generator))
         return [Generation(forced[i // group_size] + g.ids, [0.0] * len(forced[i // group_size]) + g.logprobs,
-                           g.finish, kv=g.kv) if forced[i // group_size] else g for i, g in enumerate(gens)]
+                           g.finish) if forced[i // group_size] else g for i, g in enumerate(gens)]
 
-    def _generate_each(self, seqs, active, stops, generator):
+    def _generate_each(self, seqs: list[Prompt], stops, generator):
         """Later turns: each trajectory has its own history; cap new tokens by its remaining length."""
-        cfg, pol = self.cfg, self.policy
+        cfg = self.cfg
         budget = [max(1, min(cfg.max_new_tokens, cfg.max_total_tokens - len(s.ids))) for s in seqs]
-        return pol.generate(seqs, max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p,
-                            stop_strings=stops, num_samples=1, generator=generator)
+        return self.sampler.generate(seqs, SamplingParams(
+            max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, stop_strings=stops, n=1,
+            generator=generator))
 
     def _append(self, t: Trajectory, ids: list[int], turn: int, policy: bool, logprobs: list[float] | None = None):
         t.ids.extend(ids)
@@ -225,8 +233,8 @@ class RolloutEngine:
         obs_ids = list(pre)
         vis = None
         if image is not None:
-            vis = pol.encode_image(image)
-            obs_ids += pol.image_placeholder(vis)
+            vis = self.codec.vision(image)
+            obs_ids += self.codec.image_placeholder(vis)
             obs_ids += self._encode(observation.after_image)
         obs_ids += self._encode("<|im_end|>\n<|im_start|>assistant\n")
         if len(t.ids) + len(obs_ids) >= cfg.max_total_tokens:

@@ -1,22 +1,22 @@
-"""A policy that "generates" given texts: for scripted demonstrations (SFT warm start) and tests.
+"""A sampler that "generates" given texts: for scripted demonstrations (SFT warm start) and tests.
 
-`ScriptedPolicy(policy, texts_fn)` behaves like `policy` except that `generate` returns, for each row,
-the tokens of `texts_fn(row_index, turn)`; a text containing `</tool_call>` stops there (as sampling
-with the stop string would), any other text ends with `<|im_end|>`. Running it through the rollout
-engine yields trajectories whose ids, masks and observation turns are exactly what the real loop
-builds, so a model trained on them sees the real format.
+`ScriptedSampler(tokenizer, texts_fn)` implements `vlmrl.models.sampler.Sampler`: each call returns, for each row,
+the tokens of `texts_fn(row_index, turn)`; a text containing `</tool_call>` stops there (as sampling with the stop
+string would), any other text ends with `<|im_end|>`. Running it through the rollout engine
+(`RolloutEngine(policy, cfg, sampler=ScriptedSampler(...))`) yields trajectories whose ids, masks and observation
+turns are exactly what the real loop builds, so a model trained on them sees the real format.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from vlmrl.models.policy import Generation, Policy
+from vlmrl.models.sampler import Generation, Prompt, Sampler, SamplingParams
 
 
-class ScriptedPolicy(Policy):
-    def __init__(self, base: Policy, texts_fn: Callable[[int, int], str]):
-        super().__init__(base.model, base.processor, base.family)
+class ScriptedSampler(Sampler):
+    def __init__(self, tokenizer, texts_fn: Callable[[int, int], str]):
+        self.tokenizer = tokenizer
         self.texts_fn = texts_fn
         self.turn = 0
         self._rows: list[int] = []
@@ -25,12 +25,12 @@ class ScriptedPolicy(Policy):
         """Call before each engine.rollout: n = number of trajectories (prompts x samples)."""
         self.turn, self._rows = 0, list(range(n))
 
-    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
-                 generator=None):
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
         rows = self._rows
-        if len(rows) != len(prompts) * num_samples:
-            raise RuntimeError(f"scripted policy expected {len(rows)} rows, the engine asked for "
-                               f"{len(prompts) * num_samples}: a scripted trajectory ended early")
+        _, counts = params.per_prompt(len(prompts))
+        if len(rows) != sum(counts):
+            raise RuntimeError(f"scripted sampler expected {len(rows)} rows, the engine asked for "
+                               f"{sum(counts)}: a scripted trajectory ended early")
         out = []
         for row in rows:
             text = self.texts_fn(row, self.turn)
@@ -43,3 +43,5 @@ class ScriptedPolicy(Policy):
         self.turn += 1
         return out
 
+    def sync_weights(self, model) -> None:
+        """Scripted texts do not depend on weights."""

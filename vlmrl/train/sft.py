@@ -3,7 +3,7 @@
     vlmrl sft recipes/quickstart.yaml sft.steps=100 sft.lr=1e-3
 
 Each training row becomes one demonstration trajectory built *through the real rollout engine* (with a
-`ScriptedPolicy` that "generates" the scripted texts), so ids, masks, observation turns and crops are
+`ScriptedSampler` that "generates" the scripted texts), so ids, masks, observation turns and crops are
 exactly what RL will see. Scripts, in `rollout.mode: tool`:
 
 - crop demo (needs-zoom rows with probability `sft.tool_fraction`, other rows with probability
@@ -131,7 +131,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
     A needs-zoom sample gets a crop demo with probability `cfg.sft.tool_fraction`, any other sample with
     probability `cfg.sft.tool_fraction_no_zoom` (seeded by `seed`)."""
     from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
-    from vlmrl.rollout.scripted import ScriptedPolicy
+    from vlmrl.rollout.scripted import ScriptedSampler
     from vlmrl.train.trainer import rollout_config
 
     rng = random.Random(seed)
@@ -147,8 +147,9 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
         except (ValueError, OSError) as e:
             skipped.append(f"{getattr(s, 'id', '?')}: {e}")
     batch_texts: list[list[str]] = []
-    scripted = ScriptedPolicy(policy, lambda row, turn: batch_texts[row][min(turn, len(batch_texts[row]) - 1)])
-    engine = RolloutEngine(scripted, rollout_config(cfg))
+    scripted = ScriptedSampler(policy.tokenizer,
+                               lambda row, turn: batch_texts[row][min(turn, len(batch_texts[row]) - 1)])
+    engine = RolloutEngine(policy, rollout_config(cfg), sampler=scripted)
     trajs = []
     for i in range(0, len(ok), chunk):
         part, part_texts = [], []
@@ -172,7 +173,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
 
 def sft_loss(policy, trajs) -> tuple[torch.Tensor, int]:
     """Mean NLL over response tokens of a batch of trajectories; also the token count."""
-    from vlmrl.models.policy import Seq
+    from vlmrl.models.codec import Seq
     from vlmrl.train.trainer import left_pad
 
     seqs = [Seq(list(t.ids), list(t.vision)) for t in trajs]

@@ -30,7 +30,9 @@ import torch
 
 from vlmrl import algos
 from vlmrl.config import Config, save_config
-from vlmrl.models.policy import Policy, Seq
+from vlmrl.models.codec import Seq
+from vlmrl.models.hf_sampler import HFSampler
+from vlmrl.models.policy import Policy
 from vlmrl.rewards.trajectories import score_trajectories
 from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
 from vlmrl.train.memory import keep_freed_memory
@@ -150,7 +152,8 @@ class Trainer:
 
             dataset = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
         self.stream = PromptStream(dataset, t.seed, self.acc.process_index, self.acc.num_processes, cfg.data.shuffle)
-        self.engine = RolloutEngine(self.policy, rollout_config(cfg))
+        self.sampler = HFSampler(self.policy)  # generation; sync_weights after each optimizer step
+        self.engine = RolloutEngine(self.policy, rollout_config(cfg), sampler=self.sampler)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
         self.mask_gen = torch.Generator().manual_seed(t.seed * 104729 + self.acc.process_index)
         self.step_idx = 0
@@ -245,7 +248,7 @@ class Trainer:
                 key = (i // G, j) if im.kind == "input" else (id(t), j)
                 if key not in cache:
                     masked = algos.random_patch_mask(im.image, p.patch_size, p.mask_prob, generator=self.mask_gen)
-                    cache[key] = pol.encode_image(masked)
+                    cache[key] = pol.codec.encode_image(masked)
                 vis.append(cache[key])
             out.append(vis)
         return out
@@ -309,6 +312,7 @@ class Trainer:
                     continue
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                self.sampler.sync_weights(pol.model)
         return {k: sums[k] / counts[k] for k in sums if k in counts} | {"_skipped": sums.get("skipped_update", 0.0)}
 
     def _micro_loss(self, trajs, advs, masks, extras, rows, weights, n_tok, temp, level):
