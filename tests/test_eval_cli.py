@@ -6,7 +6,9 @@ import json
 import pytest
 
 from vlmrl.cli import main
-from vlmrl.models.policy import Generation, Policy
+from vlmrl.models.hf_sampler import HFSampler
+from vlmrl.models.policy import Policy
+from vlmrl.models.sampler import Generation
 
 SAMPLE_KEYS = {"doc_id", "input", "target", "resps", "filtered_resps", "scores", "score", "tool_calls",
                "visual_tokens"}
@@ -66,14 +68,14 @@ def test_eval_end_to_end(task, tool, data, model, tmp_path):
 
 
 def _script(monkeypatch, answers, tool=False):
-    """Policy.generate returns, per turn-0 prompt in doc order, the next doc's answers (one per sample);
+    """HFSampler.generate returns, per turn-0 prompt in doc order, the next doc's answers (one per sample);
     in tool mode a crop call first, then the answer."""
     queue = [list(a) for a in answers]
     pending = []
 
-    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
-                 generator=None):
-        tok = self.tokenizer
+    def generate(self, prompts, params):
+        num_samples = params.n
+        tok = self.codec.tokenizer
         end = tok.convert_tokens_to_ids("<|im_end|>")
         out = []
         for p in prompts:
@@ -92,7 +94,7 @@ def _script(monkeypatch, answers, tool=False):
                 out.append(Generation(ids, [0.0] * len(ids), "stop"))
         return out
 
-    monkeypatch.setattr(Policy, "generate", generate)
+    monkeypatch.setattr(HFSampler, "generate", generate)
 
 
 def test_scripted_scoring_tool_mode(data, model, tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
-"""The fast sampling paths give the results of the simple ones (no timing here: see tools/bench/rollout.py).
+"""The HF sampler's fast paths give the results of the simple ones (no timing here: see tools/bench/rollout.py).
 
 - the in-place KVCache and its row operations equal plain tensor concatenation / indexing, with the prompt kept
   once per group (`share_prefix`) as with it repeated per row;
 - attention over a group-shared prompt equals ordinary attention (a hand-computed case) and sdpa;
 - decoding through oneDNN-packed weights equals the modules, and follows the weights when they change;
-- a later turn that reuses a row's cache (only the new tokens prefilled) equals a full re-prefill, for greedy and
-  seeded sampling, in Policy.generate and in two-turn tool rollouts, for the three Qwen-VL families;
+- a later turn that continues the rows of the sampler's previous call (only the new tokens prefilled) equals a
+  full re-prefill, for greedy and seeded sampling, in `HFSampler.generate` and in two-turn tool rollouts, for the
+  three Qwen-VL families; prompts that extend no remembered row are prefilled in full;
 - the decoding loop's greedy tokens equal transformers' own `generate`;
 - the vision tower sees each prompt's image once per group, not G times;
 - the trainer's length-sorted no-grad pass returns each trajectory's own log-probs.
@@ -19,28 +20,46 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmrl.models.codec import Seq
 from vlmrl.models.decoding import DecodeStep, PackedLinears, attend_shared_prefix, can_fuse
+from vlmrl.models.hf_sampler import HFSampler, HFSamplerConfig
 from vlmrl.models.kvcache import BufferLayer, KVCache, compaction_runs
-from vlmrl.models.policy import Seq
+from vlmrl.models.sampler import Prompt, SamplingParams
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 CALL = '<think>zoom</think><tool_call>{"name": "crop", "arguments": {"bbox_2d": [%s]}}</tool_call>'
+NO_REUSE = HFSamplerConfig(reuse_kv=False)
 
 
 def _prompt(pol, size, text):
     tok = pol.tokenizer
-    v = pol.encode_image(Image.new("RGB", size, (200, 30, 90)))
-    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.image_placeholder(v)
+    image = Image.new("RGB", size, (200, 30, 90))
+    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.codec.image_placeholder(pol.codec.vision(image))
            + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False))
-    return Seq(ids, [v])
+    return Prompt(ids, [image])
+
+
+def _seq(pol, prompt):
+    """A prompt as the scorer takes it (its images encoded)."""
+    return Seq(list(prompt.ids), [pol.codec.vision(im) for im in prompt.images])
 
 
 def _observation(pol, crop, text):
     tok = pol.tokenizer
     return (tok.encode("<|im_end|>\n<|im_start|>user\n<tool_response>", add_special_tokens=False)
-            + pol.image_placeholder(crop) + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n",
-                                                       add_special_tokens=False))
+            + pol.codec.image_placeholder(pol.codec.vision(crop))
+            + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False))
+
+
+def _generate(sampler, prompts, max_new_tokens=64, temperature=1.0, n=1, generator=None, stop_strings=()):
+    return sampler.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, n=n,
+                                                    generator=generator, stop_strings=stop_strings))
+
+
+def _remembered(sampler):
+    """The cache of the rows the sampler remembers from its last call (None when it remembers none)."""
+    return sampler._last[0].state.cache if sampler._last else None
 
 
 @contextmanager
@@ -227,35 +246,34 @@ def test_packed_linear_weights_equal_the_modules_and_follow_updates():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sampling_with_shared_prompt_cache_and_packed_weights_equals_the_plain_path(family, tiny_policies, monkeypatch):
+def test_sampling_with_shared_prompt_cache_and_packed_weights_equals_the_plain_path(family, tiny_policies):
     """G samples of each prompt: the same tokens, log-probs and second-turn cache reuse with the prompt cache
     kept once per group and oneDNN-packed weights as with the cache repeated per row and the modules."""
     pol = tiny_policies[family]
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
-    kw = dict(max_new_tokens=[6, 10], num_samples=3, temperature=1.0)
-    plain_default = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
-    assert plain_default[0].kv.state.cache.layers[0].prefix is None  # a tiny model's prompt: not worth it
+    kw = dict(max_new_tokens=[6, 10], n=3, temperature=1.0)
+    default = HFSampler(pol)
+    plain_default = _generate(default, prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert _remembered(default).layers[0].prefix is None  # a tiny model's prompt: not worth it
     # the fast paths, which the tiny models are under the size thresholds of
-    monkeypatch.setattr(pol, "share_prompt_min", 0)
-    monkeypatch.setattr(pol, "decode_linears", PackedLinears(min_numel=0))
-    fast = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
-    assert fast[0].kv.state.cache.layers[0].prefix is not None  # the shared layout was used
-    assert len(pol.decode_linears._packs) > 0  # and packed weights
-    monkeypatch.setattr(pol, "share_prompt_cache", False)
-    monkeypatch.setattr(pol, "decode_linears", PackedLinears(enabled=False))
-    plain = pol.generate(prompts, generator=torch.Generator().manual_seed(3), **kw)
-    assert plain[0].kv.state.cache.layers[0].prefix is None
+    fast_sampler = HFSampler(pol, HFSamplerConfig(share_prompt_min=0, packed_min_numel=0))
+    fast = _generate(fast_sampler, prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert _remembered(fast_sampler).layers[0].prefix is not None  # the shared layout was used
+    assert len(fast_sampler.linears._packs) > 0  # and packed weights
+    plain_sampler = HFSampler(pol, HFSamplerConfig(share_prompt_cache=False, packed_weights=False))
+    plain = _generate(plain_sampler, prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert _remembered(plain_sampler).layers[0].prefix is None
     _assert_same(fast, plain)
+    _assert_same(plain_default, plain)
     more = pol.tokenizer.encode("<|im_end|>\n<|im_start|>user\nok<|im_end|>\n<|im_start|>assistant\n",
                                 add_special_tokens=False)
-    for gens in (fast, plain):  # continuing from either cache: only the new tokens are prefilled
-        seqs = [Seq(prompts[i // 3].ids + g.ids + more, prompts[i // 3].images, kv=g.kv) for i, g in enumerate(gens)]
-        out = pol.generate(seqs[::2], max_new_tokens=5, temperature=0)
-        assert gens[0].kv.state.cache is None  # the cache was taken (reused)
-        if gens is fast:
-            first = out
-    _assert_same(first, out)
+    outs = []
+    for sampler, gens in ((fast_sampler, fast), (plain_sampler, plain)):  # each continues its own rows
+        seqs = [Prompt(prompts[i // 3].ids + g.ids + more, prompts[i // 3].images) for i, g in enumerate(gens)]
+        outs.append(_generate(sampler, seqs[::2], max_new_tokens=5, temperature=0))
+        assert sampler.continued  # only the new tokens were prefilled
+    _assert_same(*outs)
 
 
 def test_packed_decoding_follows_an_optimizer_step(tiny_dirs):
@@ -264,59 +282,60 @@ def test_packed_decoding_follows_an_optimizer_step(tiny_dirs):
     from vlmrl.models.policy import Policy
 
     pol = Policy.load(tiny_dirs["qwen2_vl"], dtype="float32", device="cpu")
-    pol.decode_linears, pol.share_prompt_min = PackedLinears(min_numel=0), 0
+    sampler = HFSampler(pol, HFSamplerConfig(packed_min_numel=0, share_prompt_min=0))
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "Q")]
-    before = pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2)
+    before = _generate(sampler, prompts, max_new_tokens=8, temperature=0, n=2)
     params = [p for p in pol.model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.5)
     g = torch.Generator().manual_seed(0)
     for p in params:
         p.grad = torch.randn(p.shape, generator=g)
     opt.step()
-    after = pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2)
-    pol.decode_linears = PackedLinears(enabled=False)
-    _assert_same(after, pol.generate(prompts, max_new_tokens=8, temperature=0, num_samples=2))
+    sampler.sync_weights(pol.model)
+    after = _generate(sampler, prompts, max_new_tokens=8, temperature=0, n=2)
+    modules = HFSampler(pol, HFSamplerConfig(packed_weights=False, share_prompt_min=0))
+    _assert_same(after, _generate(modules, prompts, max_new_tokens=8, temperature=0, n=2))
     assert [g.logprobs for g in after] != [g.logprobs for g in before]
 
 
 # --------------------------------------------------------------------------- KV reuse across turns
 
-def _first_turn(pol, greedy):
+def _first_turn(sampler, greedy):
+    pol = sampler.policy
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "What?"), _prompt(pol, (4 * f, 2 * f), "What is in the top left corner?")]
-    gens = pol.generate(prompts, max_new_tokens=[5, 9], num_samples=2, temperature=0 if greedy else 1.0,
-                        generator=torch.Generator().manual_seed(0))
+    gens = _generate(sampler, prompts, max_new_tokens=[5, 9], n=2, temperature=0 if greedy else 1.0,
+                     generator=torch.Generator().manual_seed(0))
     return prompts, gens
 
 
-def _second_turn_seqs(pol, prompts, gens):
+def _second_turn(pol, prompts, gens):
     """Each row's history plus an observation with a crop (sizes and texts differ per row)."""
     f = pol.factor
-    crops = [pol.encode_image(Image.new("RGB", size, "green")) for size in ((2 * f, 4 * f), (2 * f, 2 * f))]
-    reuse, full = [], []
+    crops = [Image.new("RGB", size, "green") for size in ((2 * f, 4 * f), (2 * f, 2 * f))]
+    out = []
     for i, g in enumerate(gens):
         p, crop = prompts[i // 2], crops[i % 2]
-        ids = p.ids + g.ids + _observation(pol, crop, "ok " * (i + 1))
-        reuse.append(Seq(ids, p.images + [crop], kv=g.kv))
-        full.append(Seq(ids, p.images + [crop]))
-    return reuse, full
+        out.append(Prompt(p.ids + g.ids + _observation(pol, crop, "ok " * (i + 1)), p.images + [crop]))
+    return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("greedy", [True, False])
 def test_reused_cache_equals_full_prefill(family, greedy, tiny_policies):
     pol = tiny_policies[family]
-    prompts, gens = _first_turn(pol, greedy)
-    reuse, full = _second_turn_seqs(pol, prompts, gens)
+    sampler = HFSampler(pol)
+    prompts, gens = _first_turn(sampler, greedy)
+    later = _second_turn(pol, prompts, gens)
     pick = [3, 0, 2]  # a subset of the rows, out of order: as when only some rows called the tool
     kw = dict(max_new_tokens=10, temperature=0 if greedy else 1.0)
-    a = pol.generate([reuse[i] for i in pick], generator=torch.Generator().manual_seed(5), **kw)
-    assert gens[0].kv.state.cache is None  # the reuse path ran: it took the first turn's cache
-    b = pol.generate([full[i] for i in pick], generator=torch.Generator().manual_seed(5), **kw)
+    a = _generate(sampler, [later[i] for i in pick], generator=torch.Generator().manual_seed(5), **kw)
+    assert sampler.continued  # the reuse path ran
+    b = _generate(HFSampler(pol, NO_REUSE), [later[i] for i in pick], generator=torch.Generator().manual_seed(5), **kw)
     _assert_same(a, b)
     # and both are what a teacher-forced pass over the whole sequences computes
-    seqs = [Seq(full[i].ids + g.ids, full[i].images) for i, g in zip(pick, a)]
+    seqs = [Seq(later[i].ids + g.ids, _seq(pol, later[i]).images) for i, g in zip(pick, a)]
     T = max(len(s.ids) for s in seqs)
     mask, rec = torch.zeros(len(seqs), T, dtype=torch.long), torch.zeros(len(seqs), T)
     for k, g in enumerate(a):
@@ -349,37 +368,48 @@ def test_later_turns_keep_the_shared_prompt_cache(family, tiny_policies, monkeyp
     more = pol.tokenizer.encode("<|im_end|>\n<|im_start|>user\nok<|im_end|>\n<|im_start|>assistant\n",
                                 add_special_tokens=False)
     kw = dict(max_new_tokens=6, temperature=1.0)
+    configs = {"shared": HFSamplerConfig(share_prompt_min=0), "copied": HFSamplerConfig(share_prompt_min=1 << 60),
+               "full": HFSamplerConfig(share_prompt_min=1 << 60, reuse_kv=False)}
     results = {}
-    for mode in ("shared", "copied", "full"):
-        monkeypatch.setattr(pol, "share_prompt_min", 0 if mode == "shared" else 1 << 60)
-        prompts, gens = _first_turn(pol, greedy=False)
-        assert (gens[0].kv.state.cache.layers[0].prefix is not None) == (mode == "shared")
-        reuse, full = _second_turn_seqs(pol, prompts, gens)
-        seqs = reuse if mode != "full" else full
-        second = pol.generate(seqs, generator=torch.Generator().manual_seed(5), **kw)
-        seqs = [Seq(s.ids + g.ids + more, s.images, kv=g.kv if mode != "full" else None)
-                for s, g in zip(seqs, second)]
-        third = pol.generate(seqs, generator=torch.Generator().manual_seed(6), **kw)
+    for mode, config in configs.items():
+        sampler = HFSampler(pol, config)
+        prompts, gens = _first_turn(sampler, greedy=False)
+        if mode != "full":
+            assert (_remembered(sampler).layers[0].prefix is not None) == (mode == "shared")
+        seqs = _second_turn(pol, prompts, gens)
+        second = _generate(sampler, seqs, generator=torch.Generator().manual_seed(5), **kw)
+        seqs = [Prompt(s.ids + g.ids + more, s.images) for s, g in zip(seqs, second)]
+        third = _generate(sampler, seqs, generator=torch.Generator().manual_seed(6), **kw)
+        assert sampler.continued == (mode != "full")
         results[mode] = second + third
     assert calls == [[0, 1], [0, 1], None, None]  # shared: both turns kept both prompts; copied: none
     _assert_same(results["shared"], results["copied"])
     _assert_same(results["shared"], results["full"])
 
 
-def test_used_or_mismatched_refs_fall_back_to_a_full_prefill(tiny_policies):
+def test_rows_are_continued_once_and_only_by_prompts_that_extend_them(tiny_policies):
+    """The sampler remembers the rows of its last call only: a call after a continuing one finds its rows gone and
+    prefills in full; a prompt whose ids or image objects differ from every row's (equal pixels in another image
+    object included) makes the call prefill in full. Every way gives the same results."""
     pol = tiny_policies["qwen2_5_vl"]
-    prompts, gens = _first_turn(pol, greedy=True)
-    reuse, full = _second_turn_seqs(pol, prompts, gens)
+    sampler, full = HFSampler(pol), HFSampler(pol, NO_REUSE)
+    prompts, gens = _first_turn(sampler, greedy=True)
+    later = _second_turn(pol, prompts, gens)
     kw = dict(max_new_tokens=6, temperature=0)
-    a = pol.generate(reuse[:2], **kw)
-    b = pol.generate(reuse[2:], **kw)  # the state was taken by the call before: full prefill
-    c = pol.generate(full, **kw)
-    _assert_same(a + b, c)
-    prompts, gens = _first_turn(pol, greedy=True)
-    reuse, full = _second_turn_seqs(pol, prompts, gens)
-    edited = [Seq([reuse[0].ids[0] + 1] + reuse[0].ids[1:], reuse[0].images, kv=reuse[0].kv)]
-    _assert_same(pol.generate(edited, **kw), pol.generate([Seq(edited[0].ids, edited[0].images)], **kw))
-    assert gens[0].kv.state.cache is not None  # a ref that does not match is not used
+    a = _generate(sampler, later[:2], **kw)
+    assert sampler.continued
+    b = _generate(sampler, later[2:], **kw)  # the rows of the first turn were replaced by a's
+    assert not sampler.continued
+    _assert_same(a + b, _generate(full, later, **kw))
+    for edit in ("ids", "image object"):
+        prompts, gens = _first_turn(sampler, greedy=True)
+        p = _second_turn(pol, prompts, gens)[0]
+        if edit == "ids":
+            p = Prompt([p.ids[0] + 1] + p.ids[1:], p.images)
+        else:
+            p = Prompt(p.ids, [p.images[0].copy()] + p.images[1:])
+        _assert_same(_generate(sampler, [p], **kw), _generate(full, [p], **kw))
+        assert not sampler.continued
 
 
 def _user_only(sample, cfg, family):
@@ -389,21 +419,22 @@ def _user_only(sample, cfg, family):
 def test_continuing_exactly_the_cached_tokens(tiny_policies):
     """A sequence that adds nothing to a row's cached tokens: its last token is fed again, same result."""
     pol = tiny_policies["qwen3_vl"]
-    prompts, gens = _first_turn(pol, greedy=False)
+    sampler = HFSampler(pol)
+    prompts, gens = _first_turn(sampler, greedy=False)
     rows = [0, 1]  # their caps ended them before the loop did: all their tokens were fed back
-    assert all(len(gens[i].kv.ids) == len(prompts[0].ids) + len(gens[i].ids) for i in rows)
-    reuse = [Seq(prompts[0].ids + gens[i].ids, prompts[0].images, kv=gens[i].kv) for i in rows]
-    full = [Seq(s.ids, s.images) for s in reuse]
+    assert all(len(sampler._last[i].ids) == len(prompts[0].ids) + len(gens[i].ids) for i in rows)
+    reuse = [Prompt(prompts[0].ids + gens[i].ids, prompts[0].images) for i in rows]
     kw = dict(max_new_tokens=6, temperature=1.0)
-    a = pol.generate(reuse, generator=torch.Generator().manual_seed(1), **kw)
-    assert gens[0].kv.state.cache is None
-    _assert_same(a, pol.generate(full, generator=torch.Generator().manual_seed(1), **kw))
+    a = _generate(sampler, reuse, generator=torch.Generator().manual_seed(1), **kw)
+    assert sampler.continued
+    _assert_same(a, _generate(HFSampler(pol, NO_REUSE), reuse, generator=torch.Generator().manual_seed(1), **kw))
 
 
-def _tool_engine(pol, reuse_kv):
+def _tool_engine(pol, reuse_kv, **sampler_config):
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=48, crop_min_pixels=4 * 28 * 28,
-                        crop_max_pixels=256 * 256, temperature=1.0, seed=3, reuse_kv=reuse_kv)
-    return RolloutEngine(pol, cfg, messages_fn=_user_only)
+                        crop_max_pixels=256 * 256, temperature=1.0, seed=3)
+    sampler = HFSampler(pol, HFSamplerConfig(reuse_kv=reuse_kv, **sampler_config))
+    return RolloutEngine(pol, cfg, messages_fn=_user_only, sampler=sampler)
 
 
 def _samples():
@@ -419,15 +450,16 @@ def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, shared, tin
     KV reuse equal those with a full re-prefill, and teacher forcing reproduces turn 1's sampled log-probs.
     `shared`: the prompt cache is kept once per group in both turns (every row calls the tool)."""
     pol = tiny_policies[family]
-    if shared:
-        monkeypatch.setattr(pol, "share_prompt_min", 0)
+    extra = dict(share_prompt_min=0) if shared else {}
     calls = _record_compactions(monkeypatch)
     box = "0, 0, 112, 112" if family == "qwen2_5_vl" else "0, 0, 500, 500"
     call = pol.tokenizer.encode(CALL % box, add_special_tokens=False)
     runs = []
     for reuse_kv in (True, False):
         with forced(pol.core.lm_head, call):
-            runs.append(_tool_engine(pol, reuse_kv).rollout(_samples(), group_size=3))
+            engine = _tool_engine(pol, reuse_kv, **extra)
+            runs.append(engine.rollout(_samples(), group_size=3))
+            assert engine.sampler.continued == reuse_kv
     fast, slow = runs
     assert calls == [[0, 1] if shared else None]  # the reusing run's one compaction
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in fast)
@@ -451,8 +483,9 @@ def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, shared, tin
 
 def _step_logits(pol, prompts, tokens, fused):
     """Logits of a few decoding steps (the same tokens fed to every row) after a fresh prefill."""
+    sampler = HFSampler(pol)
     with torch.inference_mode():
-        rows = pol._prefill(prompts, reserve=len(tokens))
+        rows = sampler._prefill_fresh([_seq(pol, p) for p in prompts], prompts, reserve=len(tokens))
         step = DecodeStep(pol.core, rows.cache, int(rows.pos.min()), int(rows.pos.max()) + len(tokens), fused=fused)
         valid, pos, out = rows.valid, rows.pos, []
         for t in tokens:
@@ -478,8 +511,8 @@ def test_greedy_decoding_equals_transformers_generate(family, tiny_policies):
     pol = tiny_policies[family]
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
-    ours = pol.generate(prompts, max_new_tokens=12, temperature=0)
-    batch = pol.collate(prompts)
+    ours = _generate(HFSampler(pol), prompts, max_new_tokens=12, temperature=0)
+    batch = pol.collate([_seq(pol, p) for p in prompts])
     batch.pop("position_ids")
     with torch.no_grad():
         out = pol.model.generate(**batch, do_sample=False, max_new_tokens=12, pad_token_id=pol.pad_token_id,
@@ -489,17 +522,20 @@ def test_greedy_decoding_equals_transformers_generate(family, tiny_policies):
 
 
 def test_hf_dynamic_cache_fallback_gives_the_same_tokens(tiny_policies, monkeypatch):
-    """Models whose cache cannot be a KVCache (sliding-window layers) decode through the HF forward, no KV refs."""
+    """Models whose cache cannot be a KVCache (sliding-window layers) decode through the HF forward; their rows
+    are not remembered for a next turn."""
     from transformers import DynamicCache
 
     pol = tiny_policies["qwen2_5_vl"]
     f = pol.factor
     prompts = [_prompt(pol, (2 * f, 2 * f), "Q"), _prompt(pol, (4 * f, 2 * f), "A longer question here?")]
-    fast = pol.generate(prompts, max_new_tokens=8, temperature=0)
-    monkeypatch.setattr(type(pol), "_new_cache", lambda self, reserve: DynamicCache(config=self.core.config))
-    slow = pol.generate(prompts, max_new_tokens=8, temperature=0)
+    sampler = HFSampler(pol)
+    fast = _generate(sampler, prompts, max_new_tokens=8, temperature=0)
+    assert sampler._last
+    monkeypatch.setattr(HFSampler, "_new_cache", lambda self, reserve: DynamicCache(config=pol.core.config))
+    slow = _generate(sampler, prompts, max_new_tokens=8, temperature=0)
     _assert_same(fast, slow)
-    assert all(g.kv is None for g in slow) and all(g.kv is not None for g in fast)
+    assert not sampler._last
 
 
 def test_multi_token_stop_string_stops_after_it(tiny_policies):
@@ -508,7 +544,7 @@ def test_multi_token_stop_string_stops_after_it(tiny_policies):
     ids = pol.tokenizer.encode("look " + stop + " then", add_special_tokens=False)
     assert len(pol.tokenizer.encode(stop, add_special_tokens=False)) > 1
     with forced(pol.core.lm_head, ids * 2):  # the prefill's call and the decoding steps' calls
-        g = pol.generate([_prompt(pol, (56, 56), "Q")], max_new_tokens=len(ids), stop_strings=(stop,))[0]
+        g = _generate(HFSampler(pol), [_prompt(pol, (56, 56), "Q")], max_new_tokens=len(ids), stop_strings=(stop,))[0]
     assert g.finish == "stop" and pol.tokenizer.decode(g.ids).endswith(stop)
 
 
@@ -519,10 +555,10 @@ def test_vision_tower_encodes_each_prompt_once_per_group(tiny_policies):
     seen = []
     handle = pol.core.model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     try:
-        pol.generate(prompts, max_new_tokens=3, num_samples=8, generator=torch.Generator().manual_seed(0))
+        _generate(HFSampler(pol), prompts, max_new_tokens=3, n=8, generator=torch.Generator().manual_seed(0))
     finally:
         handle.remove()
-    assert sum(seen) == sum(v.pixel_values.shape[0] for p in prompts for v in p.images)
+    assert sum(seen) == sum(pol.codec.vision(im).pixel_values.shape[0] for p in prompts for im in p.images)
 
 
 def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
@@ -530,7 +566,7 @@ def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
 
     pol = tiny_policies["qwen2_5_vl"]
     f = pol.factor
-    seqs = [_prompt(pol, (2 * f, 2 * f), "Q " * k) for k in (5, 1, 9, 3)]
+    seqs = [_seq(pol, _prompt(pol, (2 * f, 2 * f), "Q " * k)) for k in (5, 1, 9, 3)]
     trajs = [SimpleNamespace(response_mask=[0] * (len(s.ids) - 3) + [1, 1, 1]) for s in seqs]
     no_sharing = SimpleNamespace(_share_groups=lambda: 0)  # the trainer part it uses: train.share_prompt off
     got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, trajs, 1.0, chunk=2)

@@ -1,4 +1,5 @@
-"""The policy wrapper and the offline tiny models."""
+"""The policy (loading, teacher-forced log-probs, LoRA, gradient checkpointing) and the offline tiny models.
+(The codec is in tests/test_codec.py, sampling in tests/test_hf_sampler.py.)"""
 
 import hashlib
 
@@ -6,7 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl.models.policy import Policy, Seq, detect_family, sample_tokens
+from vlmrl.models.codec import Seq
+from vlmrl.models.hf_sampler import HFSampler
+from vlmrl.models.policy import Policy, detect_family
+from vlmrl.models.sampler import Prompt, SamplingParams
 from vlmrl.models.tiny import make_tiny
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -14,8 +18,8 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 def _prompt(pol, image, text):
     tok = pol.tokenizer
-    v = pol.encode_image(image)
-    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.image_placeholder(v)
+    v = pol.codec.vision(image)
+    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.codec.image_placeholder(v)
            + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False))
     return Seq(ids, [v])
 
@@ -73,23 +77,6 @@ def test_chat_template_renders_tools_and_tool_calls(tiny_policies):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_left_padded_batch_matches_single_samples(family, tiny_policies):
-    pol = tiny_policies[family]
-    f = pol.factor
-    seqs = [
-        _prompt(pol, Image.new("RGB", (2 * f, 3 * f), (200, 10, 10)), "What colour is the shape?"),
-        _prompt(pol, Image.new("RGB", (4 * f, 2 * f), (10, 200, 10)), "Colour?"),
-        _prompt(pol, Image.effect_noise((3 * f, 3 * f), 40).convert("RGB"), "How many?"),
-    ]
-    assert len({len(s.ids) for s in seqs}) == 3
-    with torch.no_grad():
-        batched = pol.model(**pol.collate(seqs)).logits[:, -1]
-        for i, s in enumerate(seqs):
-            single = pol.model(**pol.collate([s])).logits[0, -1]
-            assert torch.allclose(batched[i], single, atol=1e-5), (family, i, (batched[i] - single).abs().max())
-
-
-@pytest.mark.parametrize("family", FAMILIES)
 def test_logprobs_equal_hand_computation_from_raw_logits(family, tiny_policies):
     pol = tiny_policies[family]
     f = pol.factor
@@ -122,59 +109,6 @@ def test_logprobs_equal_hand_computation_from_raw_logits(family, tiny_policies):
     assert (lp[mask == 0] == 0).all()
 
 
-def test_generate_never_samples_vision_tokens_and_records_logprobs(tiny_policies):
-    pol = tiny_policies["qwen2_5_vl"]
-    # make the vision tokens overwhelmingly likely: they still must never be sampled
-    bias = torch.zeros(pol.model.lm_head.weight.shape[0])
-    bias[pol.banned_token_ids] = 100.0
-    handle = pol.model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
-    try:
-        s = _prompt(pol, Image.new("RGB", (56, 56), "red"), "Q")
-        gens = pol.generate([s], max_new_tokens=12, num_samples=4, generator=torch.Generator().manual_seed(0))
-    finally:
-        handle.remove()
-    for g in gens:
-        assert not set(g.ids) & set(pol.banned_token_ids)
-        assert len(g.ids) == len(g.logprobs) and all(lp <= 0 for lp in g.logprobs)
-
-
-def test_generate_is_seeded_and_greedy_is_deterministic(tiny_policies):
-    pol = tiny_policies["qwen2_vl"]
-    s = _prompt(pol, Image.new("RGB", (56, 56), "red"), "Q")
-    a = pol.generate([s], max_new_tokens=8, num_samples=2, generator=torch.Generator().manual_seed(3))
-    b = pol.generate([s], max_new_tokens=8, num_samples=2, generator=torch.Generator().manual_seed(3))
-    assert [g.ids for g in a] == [g.ids for g in b]
-    g1 = pol.generate([s], max_new_tokens=8, temperature=0)
-    g2 = pol.generate([s], max_new_tokens=8, temperature=0)
-    assert g1[0].ids == g2[0].ids
-
-
-def test_generate_stops_on_stop_string(tiny_policies):
-    pol = tiny_policies["qwen2_vl"]
-    tok = pol.tokenizer
-    stop = tok.convert_tokens_to_ids("</tool_call>")
-    bias = torch.zeros(pol.model.lm_head.weight.shape[0])
-    bias[stop] = 50.0
-    handle = pol.model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
-    try:
-        s = _prompt(pol, Image.new("RGB", (56, 56), "red"), "Q")
-        g = pol.generate([s], max_new_tokens=8, stop_strings=("</tool_call>",))[0]
-    finally:
-        handle.remove()
-    assert g.finish == "stop" and g.ids == [stop]
-
-
-def test_sample_tokens_top_p_keeps_nucleus():
-    logp = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 2000))
-    tok = sample_tokens(logp, top_p=0.7, generator=torch.Generator().manual_seed(0))
-    counts = torch.bincount(tok, minlength=4).float() / 2000
-    assert counts[2] == 0 and counts[3] == 0
-    assert abs(counts[0] - 0.625) < 0.05
-    full = sample_tokens(logp, generator=torch.Generator().manual_seed(0))
-    freq = torch.bincount(full, minlength=4).float() / 2000
-    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04)
-
-
 def test_bad_model_dirs_get_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         detect_family(tmp_path / "nope")
@@ -185,25 +119,15 @@ def test_bad_model_dirs_get_clear_errors(tmp_path):
         detect_family(tmp_path)
 
 
-def test_image_size_and_placeholder_checks(tiny_policies):
-    pol = tiny_policies["qwen2_5_vl"]
-    with pytest.raises(ValueError, match="not a multiple of 28"):
-        pol.encode_image(Image.new("RGB", (50, 56)))
-    s = _prompt(pol, Image.new("RGB", (56, 56), "red"), "Q")
-    k = s.ids.index(pol.image_token_id)
-    s.ids = s.ids[:k] + s.ids[k + 1:]  # drop one image token
-    with pytest.raises(ValueError, match="image tokens in the text"):
-        pol.generate([s], max_new_tokens=2)
-
-
 def test_lora_wraps_language_model_only(tiny_dirs):
     pytest.importorskip("peft")
     pol = Policy.load(tiny_dirs["qwen2_vl"], dtype="float32", device="cpu", lora={"r": 4, "alpha": 8})
     trainable = [n for n, p in pol.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("visual" in n for n in trainable)
-    s = _prompt(pol, Image.new("RGB", (56, 56), "red"), "Q")
-    g = pol.generate([s], max_new_tokens=3)
+    image = Image.new("RGB", (56, 56), "red")
+    s = _prompt(pol, image, "Q")
+    g = HFSampler(pol).generate([Prompt(s.ids, [image])], SamplingParams(max_new_tokens=3))
     assert len(g[0].ids) >= 1
 
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl.models.policy import Seq
+from vlmrl.models.codec import Seq
+from vlmrl.models.hf_sampler import HFSampler
+from vlmrl.models.sampler import Prompt, SamplingParams
 from vlmrl.train.trainer import micro_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,8 +22,8 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 def _prompt(pol, size, text, color=(200, 30, 90)):
     tok = pol.tokenizer
-    v = pol.encode_image(Image.new("RGB", size, color))
-    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.image_placeholder(v)
+    v = pol.codec.encode_image(Image.new("RGB", size, color))
+    ids = (tok.encode("<|im_start|>user\n", add_special_tokens=False) + pol.codec.image_placeholder(v)
            + tok.encode(text + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False))
     return Seq(ids, [v])
 
@@ -39,7 +41,7 @@ def _words(pol, n, seed):
 def _observation(pol, crop):
     tok = pol.tokenizer
     return (tok.encode("<|im_end|>\n<|im_start|>user\n<tool_response>", add_special_tokens=False)
-            + pol.image_placeholder(crop) + tok.encode("go on<|im_end|>\n<|im_start|>assistant\n",
+            + pol.codec.image_placeholder(crop) + tok.encode("go on<|im_end|>\n<|im_start|>assistant\n",
                                                        add_special_tokens=False))
 
 
@@ -56,7 +58,7 @@ def _tool_rows(pol, prompt, turns):
         t1 = _words(pol, n1, seed=10 + k)
         ids, mask = ids + t1, mask + [1] * n1
         if crop_size is not None:
-            crop = pol.encode_image(Image.new("RGB", crop_size, (20 * k, 200, 40)))
+            crop = pol.codec.encode_image(Image.new("RGB", crop_size, (20 * k, 200, 40)))
             obs = _observation(pol, crop)
             t2 = _words(pol, n2, seed=20 + k)
             ids, mask, images = ids + obs + t2, mask + [0] * len(obs) + [1] * n2, images + [crop]
@@ -166,7 +168,7 @@ def test_equal_images_that_are_different_objects_are_shared(tiny_policies):
     pol = tiny_policies["qwen2_5_vl"]
     f = pol.factor
     p = _prompt(pol, (2 * f, 2 * f), "Q")
-    rows = [(Seq(p.ids + c, [pol.encode_image(Image.new("RGB", (2 * f, 2 * f), (200, 30, 90)))]),
+    rows = [(Seq(p.ids + c, [pol.codec.encode_image(Image.new("RGB", (2 * f, 2 * f), (200, 30, 90)))]),
              [0] * len(p.ids) + [1] * len(c)) for c in (_words(pol, 3, seed=1), _words(pol, 6, seed=2))]
     assert rows[0][0].images[0] is not rows[1][0].images[0]
     seqs, mask = _batch(rows)
@@ -393,14 +395,17 @@ def test_prefills_run_the_last_mlp_at_the_last_token_only(tiny_policies, monkeyp
     with the last layer's MLP run at each row's last position only."""
     pol = tiny_policies["qwen2_5_vl"]
     f = pol.factor
-    prompts = [_prompt(pol, (4 * f, 2 * f), "Which colour?"), _prompt(pol, (2 * f, 2 * f), "Where?")]
-    crop = pol.encode_image(Image.new("RGB", (2 * f, 2 * f), (10, 90, 200)))
+    images = [Image.new("RGB", (4 * f, 2 * f), (200, 30, 90)), Image.new("RGB", (2 * f, 2 * f), (200, 30, 90))]
+    prompts = [Prompt(_prompt(pol, im.size, text).ids, [im]) for im, text in zip(images, ("Which colour?", "Where?"))]
+    crop = Image.new("RGB", (2 * f, 2 * f), (10, 90, 200))
 
     def sample():
-        first = pol.generate(prompts, max_new_tokens=4, num_samples=2, generator=torch.Generator().manual_seed(0))
-        later = [Seq(p.ids + g.ids + _observation(pol, crop), p.images + [crop], kv=g.kv)
+        sampler = HFSampler(pol)
+        first = sampler.generate(prompts, SamplingParams(max_new_tokens=4, n=2, seed=0))
+        later = [Prompt(p.ids + g.ids + _observation(pol, pol.codec.vision(crop)), p.images + [crop])
                  for p, g in zip([p for p in prompts for _ in range(2)], first)]
-        second = pol.generate(later, max_new_tokens=3, generator=torch.Generator().manual_seed(1))
+        second = sampler.generate(later, SamplingParams(max_new_tokens=3, seed=1))
+        assert sampler.continued
         return [(g.ids, g.logprobs) for g in first + second]
 
     with MlpRows(pol) as seen:

@@ -1,4 +1,4 @@
-"""The rollout engine: the crop-tool loop with a scripted policy, and sampling/teacher-forcing consistency."""
+"""The rollout engine: the crop-tool loop with a scripted sampler, and sampling/teacher-forcing consistency."""
 
 from types import SimpleNamespace
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmrl.models.policy import Generation, Policy, Seq
+from vlmrl.models.codec import Seq
+from vlmrl.models.hf_sampler import HFSampler
+from vlmrl.models.sampler import Generation, Sampler
 from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
 from vlmrl.rollout.trajectory import load_traces, save_traces
 
@@ -24,19 +26,20 @@ def make_sample(size=(448, 448), sid="s0"):
                            choices=None, meta={"gt_boxes": [[0, 0, 100, 100]]})
 
 
-class Scripted(Policy):
+class Scripted(Sampler):
     """Returns fixed texts: script[turn] lists the outputs for that turn's active rows, in order.
     A text ending in '...' is cut without a stop (finish 'length')."""
 
-    def __init__(self, base: Policy, script: dict[int, list[str]]):
-        super().__init__(base.model, base.processor, base.family)
-        self.script, self.turn = script, 0
+    def __init__(self, tokenizer, script: dict[int, list[str]]):
+        self.tokenizer, self.script, self.turn = tokenizer, script, 0
 
-    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
-                 generator=None):
+    def sync_weights(self, model):
+        pass
+
+    def generate(self, prompts, params):
         texts = self.script[self.turn]
         self.turn += 1
-        assert len(texts) == len(prompts) * num_samples
+        assert len(texts) == len(prompts) * params.n
         out = []
         for text in texts:
             if text.endswith("..."):
@@ -54,7 +57,7 @@ def engine_for(pol, script, **cfg):
     base = dict(mode="tool", max_turns=2, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224,
                 max_total_tokens=2000)
     base.update(cfg)
-    return RolloutEngine(Scripted(pol, script), RolloutConfig(**base), messages_fn=user_only)
+    return RolloutEngine(pol, RolloutConfig(**base), messages_fn=user_only, sampler=Scripted(pol.tokenizer, script))
 
 
 @pytest.fixture
@@ -180,25 +183,25 @@ def test_traces_round_trip(pol, tmp_path):
     assert [Image.open(im.path).size for im in back.images] == [(224, 224), (224, 224)]
 
 
-class ForcedFirstTurn(Policy):
+class ForcedFirstTurn(HFSampler):
     """Turn 0 emits a fixed tool call (with the model's own log-probs for it); later turns sample for real."""
 
     def __init__(self, base, text):
-        super().__init__(base.model, base.processor, base.family)
-        self.forced = self.tokenizer.encode(text, add_special_tokens=False)
+        super().__init__(base)
+        self.forced = base.tokenizer.encode(text, add_special_tokens=False)
         self.turn = 0
 
-    def generate(self, prompts, num_samples=1, **kw):
+    def generate(self, prompts, params):
         self.turn += 1
         if self.turn > 1:
-            return super().generate(prompts, num_samples=num_samples, **kw)
+            return super().generate(prompts, params)
         out = []
         for p in prompts:
-            full = Seq(p.ids + self.forced, p.images)
+            full = Seq(p.ids + self.forced, [self.codec.vision(im) for im in p.images])
             mask = torch.zeros(1, len(full.ids), dtype=torch.long)
             mask[0, len(p.ids):] = 1
-            lp = self.logprobs([full], mask)[0, len(p.ids):].tolist()
-            out += [Generation(list(self.forced), lp, "stop")] * num_samples
+            lp = self.policy.logprobs([full], mask)[0, len(p.ids):].tolist()
+            out += [Generation(list(self.forced), lp, "stop")] * params.n
         return out
 
 
@@ -206,11 +209,11 @@ class ForcedFirstTurn(Policy):
 def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
     base = tiny_policies[family]
     box = "0, 0, 112, 112" if family == "qwen2_5_vl" else "0, 0, 500, 500"
-    pol = ForcedFirstTurn(base, CALL % box)
+    sampler = ForcedFirstTurn(base, CALL % box)
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=24, crop_min_pixels=4 * 28 * 28,
                         crop_max_pixels=256 * 256, temperature=1.0, seed=1)
     samples = [make_sample(), make_sample((336, 448), sid="s1")]
-    trajs = RolloutEngine(pol, cfg, messages_fn=user_only).rollout(samples, group_size=3)
+    trajs = RolloutEngine(base, cfg, messages_fn=user_only, sampler=sampler).rollout(samples, group_size=3)
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in trajs)
     seqs = [Seq(t.ids, t.vision) for t in trajs]
     T = max(len(s.ids) for s in seqs)
@@ -220,6 +223,49 @@ def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
         mask[b, T - len(t.ids):] = torch.tensor(t.response_mask)
         rec[b, T - len(t.ids):] = torch.tensor(t.logprobs)
     with torch.no_grad():
-        lp = pol.logprobs(seqs, mask)
-    assert (mask.sum(1) > len(pol.forced)).all()  # real sampled tokens in the second turn
+        lp = base.logprobs(seqs, mask)
+    assert (mask.sum(1) > len(sampler.forced)).all()  # real sampled tokens in the second turn
     assert torch.allclose(lp * mask, rec * mask, atol=1e-4), ((lp - rec) * mask).abs().max()
+
+
+class RecordingSampler(Sampler):
+    """A second Sampler implementation, independent of the HF one: turn 0 answers every row with a crop call, later
+    turns with an answer; it records what it was given. Proof that the engine needs only the interface."""
+
+    def __init__(self, tokenizer, call):
+        self.tokenizer, self.call, self.calls, self.synced = tokenizer, call, [], []
+
+    def generate(self, prompts, params):
+        self.calls.append((prompts, params))
+        text = self.call if len(self.calls) == 1 else ANSWER + "<|im_end|>"
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return [Generation(list(ids), [-0.25] * len(ids), "stop") for p in prompts for _ in range(params.n)]
+
+    def sync_weights(self, model):
+        self.synced.append(model)
+
+
+def test_a_minimal_sampler_drives_the_engine_through_a_tool_turn(pol):
+    fake = RecordingSampler(pol.tokenizer, CALL % "0, 0, 112, 112")
+    cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=40, max_total_tokens=2000, temperature=0.7,
+                        top_p=0.9, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224)
+    samples = [make_sample(), make_sample((336, 448), sid="s1")]
+    trajs = RolloutEngine(pol, cfg, messages_fn=user_only, sampler=fake).rollout(samples, group_size=2)
+    assert len(fake.calls) == 2
+    (first, p0), (second, p1) = fake.calls
+    # turn 0: one prompt per sample, its first view as a PIL image; 2 samples each; the config's sampling settings
+    assert len(first) == 2 and p0.n == 2 and (p0.temperature, p0.top_p) == (0.7, 0.9)
+    assert p0.stop_strings == ("</tool_call>",) and p0.max_new_tokens == [40, 40]
+    assert [[im.size for im in p.images] for p in first] == [[(224, 224)], [(168, 224)]]
+    assert all(isinstance(im, Image.Image) for p in first for im in p.images)
+    # turn 1: every trajectory's whole history (prompt, call, observation) with its view and its crop
+    assert len(second) == 4 and p1.n == 1
+    for t, p in zip(trajs, second):
+        assert t.tool_calls[0].valid and t.finish_reason == "answered"
+        assert t.ids[:len(p.ids)] == p.ids and t.response_mask[len(p.ids):] == [1] * (len(t.ids) - len(p.ids))
+        assert [im.kind for im in t.images] == ["input", "crop"] and p.images == [im.image for im in t.images]
+        # the trajectory keeps the codec's encodings of exactly those images (encoded once, shared)
+        assert all(v is pol.codec.vision(im) for v, im in zip(t.vision, p.images))
+        assert t.logprobs[t.prompt_len:t.prompt_len + 3] == [-0.25] * 3
+    assert p1.max_new_tokens == [min(40, 2000 - len(p.ids)) for p in second]
+    assert fake.synced == []  # the engine never syncs weights: that is the trainer's business

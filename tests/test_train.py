@@ -268,8 +268,8 @@ def test_papo_masked_image_is_shared_within_a_group_not_across_resampling_tries(
     assert first[0] is not first[G]
     # each group's masked copy is of its own picture: its unmasked pixels carry that picture's colour
     for g in range(2):
-        plain = tr.policy.encode_image(pictures[g]).pixel_values
-        other = tr.policy.encode_image(pictures[1 - g]).pixel_values
+        plain = tr.policy.codec.encode_image(pictures[g]).pixel_values
+        other = tr.policy.codec.encode_image(pictures[1 - g]).pixel_values
         masked = first[g * G].pixel_values
         kept = (masked - plain).abs().amax(-1) < 1e-5
         assert kept.any() and not ((masked - other).abs().amax(-1) < 1e-5)[kept].any()
