@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,8 +43,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from vlmrl.models.codec import Seq  # noqa: E402
 from vlmrl.models.decoding import PackedLinears  # noqa: E402
+from vlmrl.models.hf_sampler import HFSampler, HFSamplerConfig  # noqa: E402
 from vlmrl.models.policy import Policy  # noqa: E402
+from vlmrl.models.sampler import SamplingParams  # noqa: E402
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -79,8 +83,8 @@ def force_tokens(policy: Policy, ids: list[int]):
         del policy._logp_from_logits
 
 
-class BenchPolicy(Policy):
-    """The policy with stops banned so every sampled turn runs exactly `new_tokens` tokens.
+class BenchSampler(HFSampler):
+    """The HF sampler with stops banned so every sampled turn runs exactly `new_tokens` tokens.
 
     `force_call=True`: turn 0 of each rollout decodes the fixed `CALL_TEXT` for every row (`force_tokens`: each
     token costs one decoding step, as if sampled, and the row's cache goes on to turn 1 as in a real rollout);
@@ -88,30 +92,28 @@ class BenchPolicy(Policy):
     The eos ids are replaced by `<|image_pad|>`, which sampling never emits, so no row stops early.
     """
 
-    def __init__(self, base: Policy, new_tokens: int, force_call: bool = False):
-        super().__init__(base.model, base.processor, base.family)
-        self.eos_token_ids = [self.image_token_id]
+    def __init__(self, base: Policy, new_tokens: int, force_call: bool = False, reuse_kv: bool = True):
+        super().__init__(base, HFSamplerConfig(reuse_kv=reuse_kv))
+        self.eos_token_ids = [self.codec.image_token_id]
         self.new_tokens = new_tokens
         self.force_call = force_call
         self.turn = 0
         self.sampled_tokens = 0
-        self.call_ids = self.tokenizer.encode(CALL_TEXT, add_special_tokens=False)
+        self.call_ids = self.codec.tokenizer.encode(CALL_TEXT, add_special_tokens=False)
 
     def start(self) -> None:
         """Before each rollout. The decoding step's packed weight copies are dropped, so each rollout packs them
         again and pays for it, as in training, where the weights change between rollouts."""
         self.turn, self.sampled_tokens = 0, 0
-        self.decode_linears = PackedLinears()
+        self.linears = PackedLinears(self.config.packed_weights, self.config.packed_min_numel)
 
-    def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
-                 generator=None):
+    def generate(self, prompts, params: SamplingParams):
         turn, self.turn = self.turn, self.turn + 1
-        kw = dict(temperature=temperature, top_p=top_p, num_samples=num_samples, generator=generator)
         if self.force_call and turn == 0:
-            with force_tokens(self, self.call_ids):
-                return super().generate(prompts, max_new_tokens=len(self.call_ids), stop_strings=("</tool_call>",),
-                                        **kw)
-        gens = super().generate(prompts, max_new_tokens=self.new_tokens, stop_strings=(), **kw)
+            with force_tokens(self.policy, self.call_ids):
+                return super().generate(prompts, replace(params, max_new_tokens=len(self.call_ids),
+                                                         stop_strings=("</tool_call>",)))
+        gens = super().generate(prompts, replace(params, max_new_tokens=self.new_tokens, stop_strings=()))
         self.sampled_tokens += sum(len(g.ids) for g in gens)
         return gens
 
@@ -167,9 +169,9 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
         results: dict = {}
 
         # 1. engine, direct mode
-        pol = BenchPolicy(base, N)
-        eng = RolloutEngine(pol, RolloutConfig(mode="direct", max_new_tokens=N, temperature=1.0,
-                                               prompt_style="compact", max_total_tokens=1 << 16))
+        pol = BenchSampler(base, N)
+        eng = RolloutEngine(base, RolloutConfig(mode="direct", max_new_tokens=N, temperature=1.0,
+                                                prompt_style="compact", max_total_tokens=1 << 16), sampler=pol)
 
         def engine_direct():
             pol.start()
@@ -179,7 +181,7 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
         prompt_lens = [len(eng.build_prompt(s)[0].ids) for s in samples]
 
         # 2. plain HF generate on the same prompts, each repeated G times
-        seqs = [eng.build_prompt(s)[0] for s in samples]
+        seqs = [Seq(p.ids, [base.codec.vision(im) for im in p.images]) for p, _ in map(eng.build_prompt, samples)]
         inputs = base.collate([s for s in seqs for _ in range(G)])
         inputs.pop("position_ids")
 
@@ -194,12 +196,11 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
         # 3. tool mode: one turn (no call) against two turns (forced call, then N sampled tokens)
         tool_cfg = dict(mode="tool", max_turns=2, max_new_tokens=N, temperature=1.0, prompt_style="compact",
                         max_total_tokens=1 << 16, crop_min_pixels=crop_min, crop_max_pixels=crop_max)
-        if not reuse_kv:  # (only then: the bench also runs against versions without the option)
-            tool_cfg["reuse_kv"] = False
-        one = BenchPolicy(base, N)
-        eng1 = RolloutEngine(one, RolloutConfig(**tool_cfg))
-        two = BenchPolicy(base, N, force_call=True)
-        eng2 = RolloutEngine(two, RolloutConfig(**{**tool_cfg, "max_new_tokens": max(N, len(two.call_ids))}))
+        one = BenchSampler(base, N, reuse_kv=reuse_kv)
+        eng1 = RolloutEngine(base, RolloutConfig(**tool_cfg), sampler=one)
+        two = BenchSampler(base, N, force_call=True, reuse_kv=reuse_kv)
+        eng2 = RolloutEngine(base, RolloutConfig(**{**tool_cfg, "max_new_tokens": max(N, len(two.call_ids))}),
+                             sampler=two)
         last: dict = {}
 
         def tool_rollout(engine, pol):

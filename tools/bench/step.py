@@ -111,36 +111,38 @@ def forced_tokens(policy, ids: list[int]):
     return _beside("rollout").force_tokens(policy, ids)
 
 
-def bench_policy(base, call_text: str | None = None):
-    """The policy with every sampled turn running its full budget; with `call_text`, turn 0 decodes that call.
+def bench_sampler(base, call_text: str | None = None):
+    """The HF sampler of `base` with every sampled turn running its full budget; with `call_text`, turn 0 decodes
+    that call.
 
     EOS is replaced by `<|image_pad|>`, which sampling never emits, and stop strings are dropped, so no row stops
     early. With a call, a prompt without a `<tool_response>` is turn 0: the call is decoded token by token with
     each token made certain by `forced_tokens` (every token costs one decoding step, as a sampled call would),
     it stops at `</tool_call>`, and the engine parses it, runs the crop tool and observes the crop; later turns
     sample their full budget."""
-    from vlmrl.models.policy import Policy
+    from dataclasses import replace
 
-    class BenchPolicy(Policy):
+    from vlmrl.models.hf_sampler import HFSampler
+
+    class BenchSampler(HFSampler):
         def __init__(self):
-            super().__init__(base.model, base.processor, base.family)
-            self.eos_token_ids = [self.image_token_id]
-            self.call_ids = self.tokenizer.encode(call_text, add_special_tokens=False) if call_text else None
-            self.response_tag = self.tokenizer.convert_tokens_to_ids("<tool_response>")
+            super().__init__(base)
+            tok = self.codec.tokenizer
+            self.eos_token_ids = [self.codec.image_token_id]
+            self.call_ids = tok.encode(call_text, add_special_tokens=False) if call_text else None
+            self.response_tag = tok.convert_tokens_to_ids("<tool_response>")
 
-        def generate(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, stop_strings=(), num_samples=1,
-                     generator=None, **kwargs):
-            kw = dict(temperature=temperature, top_p=top_p, num_samples=num_samples, generator=generator, **kwargs)
+        def generate(self, prompts, params):
             if self.call_ids and not any(self.response_tag in p.ids for p in prompts):
-                with forced_tokens(self, self.call_ids):
-                    gens = super().generate(prompts, max_new_tokens=len(self.call_ids),
-                                            stop_strings=("</tool_call>",), **kw)
+                with forced_tokens(self.policy, self.call_ids):
+                    gens = super().generate(prompts, replace(params, max_new_tokens=len(self.call_ids),
+                                                             stop_strings=("</tool_call>",)))
                 if any(g.ids != self.call_ids for g in gens):
                     raise RuntimeError("forcing the crop call failed: the decoded turn is not the call")
                 return gens
-            return super().generate(prompts, max_new_tokens=max_new_tokens, stop_strings=(), **kw)
+            return super().generate(prompts, replace(params, stop_strings=()))
 
-    return BenchPolicy()
+    return BenchSampler()
 
 
 def case_overrides(case: str, spec: dict) -> list[str]:
@@ -234,10 +236,10 @@ class VlmrlCase:
         from vlmrl.train.trainer import Trainer
 
         cfg = load_config(None, case_overrides(case, spec))
-        base = Policy.load(spec["model"], dtype="float32", device="cpu")
-        self.policy = bench_policy(base, CALL_TEXT if case == "dtpo_two_turn" else None)
+        self.policy = Policy.load(spec["model"], dtype="float32", device="cpu")
+        sampler = bench_sampler(self.policy, CALL_TEXT if case == "dtpo_two_turn" else None)
         dataset = Repeat([sample] * spec["prompts"], spec["prompts"] * 1000)
-        self.trainer = Trainer(cfg, policy=self.policy, dataset=dataset)
+        self.trainer = Trainer(cfg, policy=self.policy, dataset=dataset, sampler=sampler)
         self.case, self.cfg = case, cfg
         self.score_passes = int(cfg.algo.papo.enabled and not cfg.algo.papo.masked_grad) + int(cfg.algo.kl_coef > 0)
         model = self.policy.core

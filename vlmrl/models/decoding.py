@@ -13,7 +13,7 @@ Two ways, the faster one whenever it applies:
   once per layer), and rope cos/sin come from a table the model's own rotary module filled for the positions the
   loop can reach (a decoded token's three mrope components are equal, so the table is exact). This skips the
   per-step mask building, rope recomputation and module wrappers of the HF forward; results are the HF layers'
-  (tests/test_perf_kv.py). When the cache holds each prompt once for its G samples (`KVCache.share_prefix`),
+  (tests/test_hf_sampler_kv.py). When the cache holds each prompt once for its G samples (`KVCache.share_prefix`),
   attention reads that shared prompt once per group (`attend_shared_prefix`) instead of once per row.
   With `linears=PackedLinears()` (CPU, float32), the plain `nn.Linear` layers run on copies of their weights in
   oneDNN's blocked layout: a decoding step multiplies a few rows by every weight, and MKL's ordinary GEMM

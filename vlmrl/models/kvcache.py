@@ -11,12 +11,12 @@
   own buffer, so masks, `compact` and KV refs see the same layout as after a repeat. A later tool turn keeps
   the prefix shared when the rows that go on are the same number per prompt (`compact(..., prefixes=...)`);
   otherwise compaction copies each row's prompt into its own columns.
-- `KVState`: the cache one `Policy.generate` call ends with, plus which columns of each row hold real tokens.
-- `KVRef`: one row of a `KVState` and the tokens (and images) whose keys/values it holds. `Policy.generate`
-  returns one per sampled row (`Generation.kv`); a later call given `Seq(..., kv=ref)` whose ids extend
-  `ref.ids` prefills only the new tokens. A state is used once: the call that continues from it takes its
-  cache (a second use, or a ref that does not match, falls back to a full prefill, which gives the same
-  result, only slower). A ref is only valid for the weights that produced it.
+- `KVState`: the cache one `HFSampler.generate` call ends with, plus which columns of each row hold real tokens.
+- `KVRef`: one row of a `KVState` and the tokens (and PIL images) whose keys/values it holds. `HFSampler` keeps
+  one per sampled row of its last call; a later call whose prompts each extend a ref's `ids` (and images)
+  prefills only the new tokens. A state is used once: the call that continues from it takes its cache (a second
+  use, or a prompt that matches no ref, falls back to a full prefill, which gives the same result, only
+  slower). A ref is only valid for the weights that produced it (`HFSampler.sync_weights` drops them).
 """
 
 from __future__ import annotations

@@ -295,7 +295,7 @@ class Policy:
         Rope positions: `get_rope_index` of the part, shifted by `start`. Every position Qwen-VL's rope index
         gives is the running position at its group's start plus an offset within the group, and the cached part
         ends before an image or after one, never inside, so this is what a pass over the whole sequence gives
-        (tests/test_perf_kv.py and tests/test_perf_share.py check it against teacher forcing for the three
+        (tests/test_hf_sampler_kv.py and tests/test_perf_share.py check it against teacher forcing for the three
         families). None when a part starts inside an image."""
         if any(p.ids.count(self.image_token_id) != sum(v.num_tokens(self.merge) for v in p.images) for p in parts):
             return None

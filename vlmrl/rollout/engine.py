@@ -12,7 +12,7 @@ Generation goes through a `vlmrl.models.sampler.Sampler` only (default: `HFSampl
 hands it `Prompt`s (token ids + PIL images) and takes back sampled ids and log-probs. Images are encoded with the
 policy's codec (`codec.vision`, memoised per image), whose encodings the trajectories keep for training.
 The HF sampler continues a later turn from the cache of the turn before (it remembers its previous call's rows),
-so it prefills only the observation; tests/test_hf_sampler.py checks it matches a full re-prefill.
+so it prefills only the observation; tests/test_hf_sampler_kv.py checks it matches a full re-prefill.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The RL trainer: rollouts -> rewards -> advantages -> (PAPO masked pass) -> PPO-style updates.
 
 One step, top to bottom (`Trainer.step`):
-1. take B prompts for this process, roll out G samples each (direct or tool mode);
+1. take B prompts for this process, roll out G samples each (direct or tool mode) through the sampler
+   (`vlmrl.models.sampler.Sampler`, `HFSampler` by default; its `sync_weights` runs after each optimizer step);
 2. score them (vlmrl.rewards.trajectories), drop groups the filters reject (DAPO dynamic sampling,
    PAPO-D's accuracy window), resampling prompts up to `max_sampling_tries`;
 3. advantages: GRPO/Dr.GRPO/DAPO/GSPO per sequence, DTPO per token;
@@ -33,6 +34,7 @@ from vlmrl.config import Config, save_config
 from vlmrl.models.codec import Seq
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
+from vlmrl.models.sampler import Sampler
 from vlmrl.rewards.trajectories import score_trajectories
 from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
 from vlmrl.train.memory import keep_freed_memory
@@ -111,7 +113,11 @@ class PromptStream:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, accelerator=None, policy: Policy | None = None, dataset=None):
+    """`sampler`: the generation backend rollouts use (default: `HFSampler(policy)`); it must sample from `policy`'s
+    weights once `sync_weights(policy.model)` has been called after each optimizer step."""
+
+    def __init__(self, cfg: Config, accelerator=None, policy: Policy | None = None, dataset=None,
+                 sampler: Sampler | None = None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -152,7 +158,7 @@ class Trainer:
 
             dataset = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
         self.stream = PromptStream(dataset, t.seed, self.acc.process_index, self.acc.num_processes, cfg.data.shuffle)
-        self.sampler = HFSampler(self.policy)  # generation; sync_weights after each optimizer step
+        self.sampler = sampler if sampler is not None else HFSampler(self.policy)
         self.engine = RolloutEngine(self.policy, rollout_config(cfg), sampler=self.sampler)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
         self.mask_gen = torch.Generator().manual_seed(t.seed * 104729 + self.acc.process_index)
