@@ -460,6 +460,7 @@ def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, shared, tin
             engine = _tool_engine(pol, reuse_kv, **extra)
             runs.append(engine.rollout(_samples(), group_size=3))
             assert engine.sampler.continued == reuse_kv
+            assert not engine.sampler._last  # the rollout ended: the rows' cache is freed
     fast, slow = runs
     assert calls == [[0, 1] if shared else None]  # the reusing run's one compaction
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in fast)

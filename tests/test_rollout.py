@@ -233,7 +233,7 @@ class RecordingSampler(Sampler):
     turns with an answer; it records what it was given. Proof that the engine needs only the interface."""
 
     def __init__(self, tokenizer, call):
-        self.tokenizer, self.call, self.calls, self.synced = tokenizer, call, [], []
+        self.tokenizer, self.call, self.calls, self.synced, self.released = tokenizer, call, [], [], 0
 
     def generate(self, prompts, params):
         self.calls.append((prompts, params))
@@ -243,6 +243,9 @@ class RecordingSampler(Sampler):
 
     def sync_weights(self, model):
         self.synced.append(model)
+
+    def release(self):
+        self.released += 1
 
 
 def test_a_minimal_sampler_drives_the_engine_through_a_tool_turn(pol):
@@ -269,3 +272,4 @@ def test_a_minimal_sampler_drives_the_engine_through_a_tool_turn(pol):
         assert t.logprobs[t.prompt_len:t.prompt_len + 3] == [-0.25] * 3
     assert p1.max_new_tokens == [min(40, 2000 - len(p.ids)) for p in second]
     assert fake.synced == []  # the engine never syncs weights: that is the trainer's business
+    assert fake.released == 1  # but says when no later turn will extend the rows

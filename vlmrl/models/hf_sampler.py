@@ -14,8 +14,8 @@ Speed (see tools/bench/rollout.py), all switched in `HFSamplerConfig`:
 - `reuse_kv`: the sampler remembers the rows of its previous call (their tokens, images and cache); a call whose
   every prompt extends one of them (the same ids first, the same image objects first) prefills only the new tokens
   of each, at the rope positions a full pass gives them, as a rollout's later tool turns do. Any other call is
-  prefilled in full. Both give the same tokens and log-probs (up to float rounding). `sync_weights` forgets the rows
-  (their cache belongs to the old weights).
+  prefilled in full. Both give the same tokens and log-probs (up to float rounding). `release()` (the engine calls it
+  when a rollout ends) and `sync_weights` (their cache belongs to the old weights) forget the rows.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class HFSampler(Sampler):
         core = core.get_base_model() if hasattr(core, "get_base_model") else core
         if core is not self.policy.core:
             raise ValueError("HFSampler samples from its policy's own model; sync_weights got another model")
+        self.release()
+
+    def release(self) -> None:
+        """Forget the remembered rows, freeing their cache."""
         self._last = []
 
     # ------------------------------------------------------------------ generate

@@ -12,7 +12,8 @@ Generation goes through a `vlmrl.models.sampler.Sampler` only (default: `HFSampl
 hands it `Prompt`s (token ids + PIL images) and takes back sampled ids and log-probs. Images are encoded with the
 policy's codec (`codec.vision`, memoised per image), whose encodings the trajectories keep for training.
 The HF sampler continues a later turn from the cache of the turn before (it remembers its previous call's rows),
-so it prefills only the observation; tests/test_hf_sampler_kv.py checks it matches a full re-prefill.
+so it prefills only the observation; tests/test_hf_sampler_kv.py checks it matches a full re-prefill. A rollout
+ends with `sampler.release()`, which frees that cache.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class RolloutEngine:
                 if self._absorb(trajs[i], samples[trajs[i].prompt_index], gen, turn):
                     still.append(i)
             active = still
+        self.sampler.release()  # no later turn extends these rows
         for t in trajs:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)
         return trajs
