@@ -135,3 +135,17 @@ def test_sample_tokens_top_p_keeps_nucleus():
     full = sample_tokens(logp, generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(full, minlength=4).float() / 2000
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04)
+
+
+def test_several_samples_of_a_continuing_prompt_prefill_in_full(tiny_policies):
+    """A cache kept once per prompt cannot be repeated per sample again: a call asking n > 1 samples of prompts that
+    extend remembered rows prefills in full, and gives what a sampler with no remembered rows gives."""
+    pol = tiny_policies["qwen2_5_vl"]
+    sampler, fresh = HFSampler(pol, HFSamplerConfig(share_prompt_min=0)), HFSampler(pol)
+    s = _prompt(pol, Image.new("RGB", (56, 56), "red"), "Q")
+    gens = sampler.generate([s], SamplingParams(max_new_tokens=3, n=2, seed=0))
+    later = [Prompt(s.ids + g.ids + [pol.tokenizer.convert_tokens_to_ids("<|im_end|>")], s.images) for g in gens]
+    params = SamplingParams(max_new_tokens=4, n=2, seed=1)
+    a = sampler.generate(later, params)
+    assert not sampler.continued and len(a) == 4
+    assert [g.ids for g in a] == [g.ids for g in fresh.generate(later, params)]

@@ -55,17 +55,13 @@ class _Rows:
     def repeat(self, counts: list[int], share: bool = False) -> "_Rows":
         """Row i becomes counts[i] rows; `share` (equal counts only): the cache keeps each prompt once
         (`KVCache.share_prefix`)."""
-        if len(set(counts)) == 1:
-            k = counts[0]
-            if k > 1:
-                if share:
-                    self.cache.share_prefix(k)
-                else:
-                    self.cache.batch_repeat_interleave(k)
-                self.logits, self.pos, self.valid = (x.repeat_interleave(k, 0) for x in (self.logits, self.pos, self.valid))
-        else:
-            k = torch.tensor(counts, device=self.logits.device)
-            self.cache.batch_repeat_interleave(k)
+        equal = len(set(counts)) == 1
+        k = counts[0] if equal else torch.tensor(counts, device=self.logits.device)
+        if not equal or k > 1:
+            if share and equal:
+                self.cache.share_prefix(k)
+            else:
+                self.cache.batch_repeat_interleave(k)
             self.logits, self.pos, self.valid = (x.repeat_interleave(k, 0) for x in (self.logits, self.pos, self.valid))
         self.covered = [c for c, m in zip(self.covered, counts) for _ in range(m)]
         return self
@@ -105,7 +101,8 @@ class HFSampler(Sampler):
         caps, counts = params.per_prompt(len(prompts))
         # images are encoded outside inference mode: the codec's memoised encodings also feed training passes
         seqs = [self._seq(p, i) for i, p in enumerate(prompts)]
-        refs = self._matching_rows(prompts) if self.config.reuse_kv else None
+        # rows are continued one sample each (a continued cache is not repeated per sample)
+        refs = self._matching_rows(prompts) if self.config.reuse_kv and max(counts) == 1 else None
         self._last, self.continued = [], False
         model = self.policy.model
         was_training = model.training
@@ -113,7 +110,7 @@ class HFSampler(Sampler):
         try:
             with torch.inference_mode():
                 rows = self._prefill(seqs, prompts, refs, reserve=max(caps))
-                rows = rows.repeat(counts, share=len(set(counts)) == 1 and self._share_prompt(rows))
+                rows = rows.repeat(counts, share=self._share_prompt(rows))
                 caps = [c for c, m in zip(caps, counts) for _ in range(m)]
                 gens, refs = self._decode(rows, caps, params.temperature, params.top_p, params.stop_strings,
                                           params.torch_generator())
