@@ -65,9 +65,9 @@ def _rss_mb() -> float:
 @contextmanager
 def force_tokens(policy: Policy, ids: list[int]):
     """Within the block, the k-th next-token distribution `policy` samples from makes token `ids[k]` certain (for
-    every row). The logits are changed after the LM head (in `_logp_from_logits`), so the decoding step itself
+    every row). The logits are changed after the LM head (in `logp_from_logits`), so the decoding step itself
     runs as it does for sampled tokens, packed LM-head weights included."""
-    pending, plain = iter(ids), policy._logp_from_logits
+    pending, plain = iter(ids), policy.logp_from_logits
 
     def logp(logits, temperature):
         t = next(pending, None)
@@ -76,11 +76,11 @@ def force_tokens(policy: Policy, ids: list[int]):
             logits[..., t] += 1e4
         return plain(logits, temperature)
 
-    policy._logp_from_logits = logp
+    policy.logp_from_logits = logp
     try:
         yield
     finally:
-        del policy._logp_from_logits
+        del policy.logp_from_logits
 
 
 class BenchSampler(HFSampler):

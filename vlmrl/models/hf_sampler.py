@@ -180,7 +180,7 @@ class HFSampler(Sampler):
         pol = self.policy
         batch = pol.collate(seqs)
         cache = self._new_cache(reserve)
-        logits = pol._forward(batch, 1, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = pol.forward(batch, 1, past_key_values=cache, use_cache=True).logits[:, -1]
         pos = batch["position_ids"].amax(dim=(0, 2)) + 1  # [n] next rope position
         return _Rows(cache, logits, pos, batch["attention_mask"].bool(), [(p.ids, p.images) for p in prompts])
 
@@ -190,13 +190,13 @@ class HFSampler(Sampler):
         The kept rows are compacted into a fresh cache (their real columns right-aligned; a prompt cache shared by
         its samples stays shared when the rows going on are the same number per prompt), and the new tokens
         fed as one left-padded block (so right-aligned; a shorter row's leading slots are masked holes), at the
-        rope positions `Policy._continuation_inputs` gives. None when a row's new part would start inside an image
+        rope positions `Policy.continuation_inputs` gives. None when a row's new part would start inside an image
         (then the caller prefills in full)."""
         pol = self.policy
         keep = [min(len(r.ids), len(s.ids) - 1) for r, s in zip(refs, seqs)]  # >= 1 new token per row
         parts = [Seq(s.ids[k:], s.images[len(r.images):]) for s, r, k in zip(seqs, refs, keep)]
         start = torch.tensor([r.next_pos - (len(r.ids) - k) for r, k in zip(refs, keep)])
-        inputs = pol._continuation_inputs(parts, start)
+        inputs = pol.continuation_inputs(parts, start)
         if inputs is None:
             return None
         state = refs[0].state
@@ -218,7 +218,7 @@ class HFSampler(Sampler):
             valid = torch.cat([old[:, :P], valid], dim=1)
         valid = torch.cat([valid.to(pol.device), inputs["attention_mask"].bool()], dim=1)
         inputs["attention_mask"] = valid.long()
-        logits = pol._forward(inputs, 1, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = pol.forward(inputs, 1, past_key_values=cache, use_cache=True).logits[:, -1]
         pos = inputs["position_ids"].amax(dim=(0, 2)) + 1
         return _Rows(cache, logits, pos, valid, [(p.ids, p.images) for p in prompts])
 
@@ -244,7 +244,7 @@ class HFSampler(Sampler):
                              linears=self.linears)
         logits, pos, temp = rows.logits, rows.pos, (temperature if temperature > 0 else 1.0)
         for step in range(steps):  # ends by `break`: at the last step every row has reached its cap
-            logp = pol._logp_from_logits(logits, temp)
+            logp = pol.logp_from_logits(logits, temp)
             tok = sample_tokens(logp, top_p=top_p, greedy=temperature <= 0, generator=generator)
             active = ~done
             tok = tok.masked_fill(done, pad)  # finished rows idle on masked padding

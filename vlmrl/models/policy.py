@@ -124,7 +124,9 @@ class Policy:
 
     # ------------------------------------------------------------------ scoring
 
-    def _logp_from_logits(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    def logp_from_logits(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Log-probs [..., V] of the temperature-scaled distribution, vision special tokens excluded: what sampling
+        draws from and what scoring reads."""
         logits = logits.float()
         if temperature != 1.0:
             logits = logits / temperature
@@ -173,10 +175,10 @@ class Policy:
         else:
             rows = torch.arange(len(ids), device=ids.device)
             batch = batch if batch is not None else self.collate(seqs, tokens)
-            logits = self._forward(batch, keep, use_cache=False).logits
+            logits = self.forward(batch, keep, use_cache=False).logits
         sel = mask[rows, first:]
         logits = logits if by_mask else logits[:, :-1][sel]  # [masked tokens, V], in sel's row-major order
-        logp_all = self._logp_from_logits(logits, temperature)
+        logp_all = self.logp_from_logits(logits, temperature)
         targets = ids[rows, first:][sel]
         vals = torch.zeros(sel.shape, dtype=torch.float32, device=ids.device)
         vals[sel] = logp_all.gather(-1, targets[:, None]).squeeze(-1).to(vals.dtype)
@@ -189,7 +191,7 @@ class Policy:
         ent[rows, first:] = vals
         return out, ent
 
-    def _forward(self, inputs: dict, keep: int | torch.Tensor, **kw):
+    def forward(self, inputs: dict, keep: int | torch.Tensor, **kw):
         """`self.model(**inputs, logits_to_keep=keep, **kw)`; with `last_mlp_only` (the default), the last decoder
         layer's MLP runs only at the kept positions, the only ones whose output is read (vlmrl/models/last_mlp.py)."""
         shape = tuple(inputs["input_ids"].shape)
@@ -237,7 +239,7 @@ class Policy:
         the same images (the same objects or equal pixels) form a group. One pass over the distinct prompts
         (vision tower included) fills a KV cache with grad; the cache is indexed out to the rows (autograd sums
         the rows' gradients back into the prompt's), and a second pass runs the rows' own parts, left padded,
-        with that cache attached, at the rope positions `_continuation_inputs` gives. Both parts are right
+        with that cache attached, at the rope positions `continuation_inputs` gives. Both parts are right
         aligned, so the second pass's last columns are the single pass's."""
         from transformers import DynamicCache
 
@@ -265,17 +267,17 @@ class Policy:
             return None
         pre = self.collate(prompts)
         idx = torch.tensor(which)
-        inputs = self._continuation_inputs(parts, start=pre["position_ids"].amax(dim=(0, 2)).cpu()[idx] + 1)
+        inputs = self.continuation_inputs(parts, start=pre["position_ids"].amax(dim=(0, 2)).cpu()[idx] + 1)
         if inputs is None:
             return None
         idx = idx.to(self.device)
         inputs["attention_mask"] = torch.cat([pre["attention_mask"][idx], inputs["attention_mask"]], dim=1)
         cache = DynamicCache(config=self.core.config.get_text_config())
-        self._forward(pre, 1, past_key_values=cache, use_cache=True)
+        self.forward(pre, 1, past_key_values=cache, use_cache=True)
         cache.batch_select_indices(idx)  # each row gets its prompt's keys and values (an autograd index)
         if isinstance(keep, torch.Tensor):  # a boolean mask over the whole layout: the parts are its last columns
             keep = keep[torch.tensor(live, device=keep.device), T - inputs["input_ids"].shape[1]:]
-        logits = self._forward(inputs, keep, past_key_values=cache, use_cache=True).logits
+        logits = self.forward(inputs, keep, past_key_values=cache, use_cache=True).logits
         return torch.tensor(live, device=self.device), logits
 
     def _images_within(self, seq: Seq, n: int) -> int | None:
@@ -288,7 +290,7 @@ class Policy:
             total += v.num_tokens(self.merge)
         return len(seq.images) if total == tokens else None
 
-    def _continuation_inputs(self, parts: list[Seq], start: torch.Tensor) -> dict | None:
+    def continuation_inputs(self, parts: list[Seq], start: torch.Tensor) -> dict | None:
         """Model inputs for blocks of tokens that continue cached rows: `parts[i]` is what row i adds (its ids and
         the images in them), `start[i]` [n] the rope position of its first token. Left padded, on the device.
 
