@@ -76,7 +76,7 @@ def _spans(traj):
 def test_valid_call_then_answer(pol):
     tok = pol.tokenizer
     eng = engine_for(pol, {0: [CALL % "0, 0, 112, 112"], 1: [ANSWER]})
-    (t,) = eng.rollout([make_sample()], group_size=1)
+    (t,) = eng.rollout([make_sample()], n_per_prompt=1)
     assert t.finish_reason == "answered"
     assert [im.kind for im in t.images] == ["input", "crop"]
     assert t.images[0].seen_size == (224, 224) and t.images[0].visual_tokens == 64
@@ -139,7 +139,7 @@ def test_second_call_hits_max_turns(pol):
 
 def test_no_call_answers_in_one_turn_and_groups_are_prompt_major(pol):
     eng = engine_for(pol, {0: [ANSWER, CALL % "0, 0, 112, 112", ANSWER, "<think>long..."], 1: [ANSWER]})
-    trajs = eng.rollout([make_sample(sid="a"), make_sample(sid="b")], group_size=2)
+    trajs = eng.rollout([make_sample(sid="a"), make_sample(sid="b")], n_per_prompt=2)
     assert [(t.sample_id, t.sample_index) for t in trajs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert [t.finish_reason for t in trajs] == ["answered", "answered", "answered", "length"]
     assert [len(t.turns) for t in trajs] == [1, 2, 1, 1]
@@ -210,7 +210,7 @@ def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=24, crop_min_pixels=4 * 28 * 28,
                         crop_max_pixels=256 * 256, temperature=1.0, seed=1)
     samples = [make_sample(), make_sample((336, 448), sid="s1")]
-    trajs = RolloutEngine(pol, cfg, messages_fn=user_only).rollout(samples, group_size=3)
+    trajs = RolloutEngine(pol, cfg, messages_fn=user_only).rollout(samples, n_per_prompt=3)
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in trajs)
     seqs = [Seq(t.ids, t.vision) for t in trajs]
     T = max(len(s.ids) for s in seqs)

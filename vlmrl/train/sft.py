@@ -164,7 +164,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
             continue
         batch_texts[:] = part_texts
         scripted.start(len(part))
-        trajs += engine.rollout(part, group_size=1)
+        trajs += engine.rollout(part, n_per_prompt=1)
     return trajs, skipped
 
 
