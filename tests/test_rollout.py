@@ -147,6 +147,26 @@ def test_no_call_answers_in_one_turn_and_groups_are_prompt_major(pol):
     assert max(trajs[0].turn_ids) == 0
 
 
+def test_samples_per_prompt_and_group_ids(pol):
+    """n_per_prompt gives each prompt its own number of samples; each prompt's samples form one group whose id
+    counts from first_group_id; equal counts as a list are the same rollout as the int."""
+    cfg = RolloutConfig(mode="direct", max_new_tokens=3, temperature=1.0, image_max_pixels=112 * 112)
+    eng = RolloutEngine(pol, cfg, messages_fn=user_only)
+    samples = [make_sample(sid="a"), make_sample((224, 112), sid="b"), make_sample(sid="c")]
+    trajs = eng.rollout(samples, n_per_prompt=[1, 3, 2], generator=torch.Generator().manual_seed(0), first_group_id=10)
+    assert [(t.sample_id, t.sample_index, t.group_id, t.prompt_index) for t in trajs] == [
+        ("a", 0, 10, 0), ("b", 0, 11, 1), ("b", 1, 11, 1), ("b", 2, 11, 1), ("c", 0, 12, 2), ("c", 1, 12, 2)]
+    assert all(t.ids[:t.prompt_len] == trajs[1].ids[:trajs[1].prompt_len] for t in trajs[1:4])  # b's own prompt
+    assert trajs[1].prompt_len != trajs[0].prompt_len and all(t.num_response_tokens >= 1 for t in trajs)
+    as_list = eng.rollout(samples[:2], n_per_prompt=[2, 2], generator=torch.Generator().manual_seed(1))
+    as_int = eng.rollout(samples[:2], n_per_prompt=2, generator=torch.Generator().manual_seed(1))
+    assert [t.ids for t in as_list] == [t.ids for t in as_int] and [t.group_id for t in as_int] == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"n_per_prompt has 2 entries for 3 samples"):
+        eng.rollout(samples, n_per_prompt=[1, 2])
+    with pytest.raises(ValueError, match=r"n_per_prompt\[1\] must be an integer >= 1, got 0"):
+        eng.rollout(samples, n_per_prompt=[1, 0, 2])
+
+
 def test_direct_mode_uses_full_resolution_and_ignores_calls(pol):
     eng = engine_for(pol, {0: [CALL % "0, 0, 112, 112"]}, mode="direct")
     (t,) = eng.rollout([make_sample()])

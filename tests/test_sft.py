@@ -168,7 +168,7 @@ def test_cli(assets, tmp_path, monkeypatch, capsys):
 
 
 def test_make_scheduler_values_and_early_errors():
-    from vlmrl.train.trainer import make_scheduler
+    from vlmrl.train.schedule import make_scheduler
 
     def lrs(kind, warmup, total):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
