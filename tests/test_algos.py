@@ -294,7 +294,8 @@ def test_filters_by_group_id_with_unequal_groups():
     assert zero_std_fraction(R, IDS) == pytest.approx(1 / 3)
     acc = t([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])  # means: id 1 -> 0, id 4 -> 2/3, id 9 -> 1
     assert accuracy_window_keep(acc, IDS).tolist() == [False, True, False]
-    assert expand_group_keep(torch.tensor([False, True, False]), IDS).tolist() == [True, False, True, False, False, True]
+    rows = expand_group_keep(torch.tensor([False, True, False]), IDS)
+    assert rows.tolist() == [True, False, True, False, False, True]
     with pytest.raises(ValueError, match="3 flags for 2 groups"):
         expand_group_keep(torch.tensor([True, True, True]), torch.tensor([0, 0, 1]))
 

@@ -526,17 +526,23 @@ def test_vision_tower_encodes_each_prompt_once_per_group(tiny_policies):
 
 
 def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
+    from vlmrl.train.batch import RolloutBatch, left_pad
     from vlmrl.train.trainer import Trainer
 
     pol = tiny_policies["qwen2_5_vl"]
     f = pol.factor
     seqs = [_prompt(pol, (2 * f, 2 * f), "Q " * k) for k in (5, 1, 9, 3)]
-    trajs = [SimpleNamespace(response_mask=[0] * (len(s.ids) - 3) + [1, 1, 1]) for s in seqs]
-    no_sharing = SimpleNamespace(_share_groups=lambda: 0)  # the trainer part it uses: train.share_prompt off
-    got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, trajs, 1.0, chunk=2)
-    for s, t, row in zip(seqs, trajs, got):
+    masks = [[0] * (len(s.ids) - 3) + [1, 1, 1] for s in seqs]
+    mask = left_pad(masks, 0, torch.long)
+    batch = RolloutBatch(seqs=seqs, lengths=[len(s.ids) for s in seqs], group_ids=torch.arange(4),
+                         response_mask=mask, loss_mask=mask, turn_ids=mask - 1, old_logp=torch.zeros(mask.shape))
+    no_sharing = SimpleNamespace(_share_groups=lambda batch: None)  # the trainer part it uses: share_prompt off
+    got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, batch, 1.0, chunk=2)
+    assert got.shape == mask.shape
+    for i, (s, m) in enumerate(zip(seqs, masks)):
         with torch.no_grad():
-            one = pol.logprobs([s], torch.tensor([t.response_mask]))[0].tolist()
+            one = pol.logprobs([s], torch.tensor([m]))[0].tolist()
+        row = batch.row(got, i)
         assert len(row) == len(s.ids) and torch.allclose(torch.tensor(row), torch.tensor(one), atol=1e-5)
 
 

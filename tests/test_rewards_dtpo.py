@@ -59,8 +59,9 @@ def test_groups_are_independent_and_shapes_checked():
 def test_groups_by_id_of_three_two_and_one():
     # interleaved rows: group 5 = rows 0, 2, 5; group 2 = rows 1, 4; group 7 = row 3
     ids = [5, 2, 5, 7, 2, 5]
-    out = dtpo_rewards(acc=[1, 1, 1, 1, 1, 0], fmt=[1, 1, 1, 1, 0, 1], tool_called=[True, True, False, False, True, True],
-                       crop_ok=[1, 1, 0, 0, 1, 1], area=[0.2, 0.1, 0.0, 0.0, 0.3, 0.4], groups=ids)
+    out = dtpo_rewards(acc=[1, 1, 1, 1, 1, 0], fmt=[1, 1, 1, 1, 0, 1],
+                       tool_called=[True, True, False, False, True, True], crop_ok=[1, 1, 0, 0, 1, 1],
+                       area=[0.2, 0.1, 0.0, 0.0, 0.3, 0.4], groups=ids)
     # group 5: correct rows 0 (tool) and 2 (direct): r = 1/2, no balance; mu_a over row 0 only = 0.2;
     #   row 5 is wrong, so no area term. group 2: r = 0; mu_a = (0.1 + 0.3) / 2 = 0.2, row 4: 0.3/0.2 - 1 = 0.5.
     #   group 7: one correct direct answer, r = 1.

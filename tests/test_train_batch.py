@@ -30,7 +30,8 @@ def test_batch_rows_equal_the_padded_tensors_of_those_rows_alone():
         sub = [trajs[i] for i in rows]
         assert torch.equal(batch.take(batch.old_logp, rows), left_pad([t.logprobs for t in sub]))
         assert torch.equal(batch.take(batch.turn_ids, rows), left_pad([t.turn_ids for t in sub], -1, torch.long))
-        assert torch.equal(batch.take(batch.response_mask, rows), left_pad([t.response_mask for t in sub], 0, torch.long))
+        want = left_pad([t.response_mask for t in sub], 0, torch.long)
+        assert torch.equal(batch.take(batch.response_mask, rows), want)
     assert batch.row(batch.old_logp, 2) == trajs[2].logprobs and batch.row(batch.turn_ids, 1) == trajs[1].turn_ids
     out = torch.zeros(5, 10)
     batch.put(out, [2, 4], batch.take(batch.old_logp, [2, 4]) + 1.0)  # only those rows' own tokens are written

@@ -23,7 +23,8 @@ def group_members(groups: int | torch.Tensor | Sequence[int], n: int) -> list[to
             raise ValueError(f"expected a 1-D tensor whose length is a multiple of group_size={groups}, got {n} rows")
         return [torch.arange(s, s + groups) for s in range(0, n, groups)]
     ids = torch.as_tensor(groups)
-    if ids.dim() != 1 or ids.shape[0] != n or (n and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)):
+    integer = not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)
+    if ids.dim() != 1 or ids.shape[0] != n or (n and not integer):
         raise ValueError(f"group ids must be a 1-D integer tensor with one id per row ({n} rows), "
                          f"got shape {tuple(ids.shape)} dtype {ids.dtype}")
     return [torch.nonzero(ids == g).flatten() for g in torch.unique(ids)]

@@ -96,8 +96,9 @@ def dtpo_rewards(acc: Sequence[float], fmt: Sequence[float], tool_called: Sequen
     return out
 
 
-def dtpo_group_rewards(items: Sequence[dict], groups: int | torch.Tensor | Sequence[int], judge: CropJudge | None = None,
-                       accuracy_fn: Callable[[str, dict], dict] = accuracy_reward, **weights) -> dict[str, list[float]]:
+def dtpo_group_rewards(items: Sequence[dict], groups: int | torch.Tensor | Sequence[int],
+                       judge: CropJudge | None = None, accuracy_fn: Callable[[str, dict], dict] = accuracy_reward,
+                       **weights) -> dict[str, list[float]]:
     """dtpo_rewards from raw trajectories. Each item: "response" (final assistant text), "sample" (the
     reward-fn sample dict with "turns", "tool_calls", "meta"), "crops" (boxes in original pixels) and
     "image_size" (W, H) of the original image. Adds parts accuracy, format, crop_ok, area, unjudged."""

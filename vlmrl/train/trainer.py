@@ -11,7 +11,8 @@ One step, top to bottom (`Trainer.step`):
    teacher-forced pass), so no extra pass; a reference pass only when `kl_coef > 0`; a masked-image pass
    only for PAPO;
 5. updates: the batch is split into mini-batches (one optimizer step each) and micro-batches (gradient
-   accumulation, row slices of the batch); loss weights are computed per mini-batch so accumulation is exact.
+   accumulation, row slices of the batch; their loss terms: vlmrl/train/loss.py); loss weights are computed
+   per mini-batch so accumulation is exact.
    A group's rows share a micro-batch where its size allows, and the log-prob passes run their common prompt
    (and its images) once (`train.share_prompt`, `Policy.logprobs(share_prefix=True)`).
 
@@ -36,6 +37,7 @@ from vlmrl.models.policy import Policy, Seq
 from vlmrl.rewards.trajectories import score_trajectories
 from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
 from vlmrl.train.batch import RolloutBatch, micro_batches
+from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
 from vlmrl.train.rollout_metrics import rollout_metrics
@@ -63,7 +65,7 @@ class Trainer:
         t = cfg.train
         if t.prompts_per_step < 1 or cfg.rollout.group_size < 1:
             raise ValueError("train.prompts_per_step and rollout.group_size must be >= 1")
-        self.algo = check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
+        self.algorithm = check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
         win = cfg.algo.acc_window
         if win is not None and (len(win) != 2 or not 0 <= win[0] < win[1] <= 1):
             raise ValueError(f"algo.acc_window must be [low, high] with 0 <= low < high <= 1, got {win!r}")
@@ -171,7 +173,7 @@ class Trainer:
     def advantages(self, batch: RolloutBatch, trajs, total, parts) -> torch.Tensor:
         """Per-token advantages [N, T] in the batch's layout (0 on non-policy tokens)."""
         a = self.cfg.algo
-        if self.algo.advantage == "dtpo":
+        if self.algorithm.advantage == "dtpo":
             max_turns = max(1, int(batch.turn_ids.max()) + 1)
             tool_turns = torch.zeros(len(trajs), max_turns, dtype=torch.bool)
             for i, t in enumerate(trajs):
@@ -180,7 +182,7 @@ class Trainer:
             return algos.dtpo_advantages(torch.tensor(parts["outcome"]), torch.tensor(parts["tool"]), batch.turn_ids,
                                          batch.response_mask, batch.group_ids, tool_weight=a.tool_weight,
                                          tool_call_turns=tool_turns)
-        scale = "none" if self.algo.advantage == "centered" else "group"
+        scale = "none" if self.algorithm.advantage == "centered" else "group"
         seq_adv = algos.grpo_advantages(torch.tensor(total), batch.group_ids, scale=scale)
         return seq_adv.unsqueeze(1) * batch.response_mask
 
@@ -205,7 +207,7 @@ class Trainer:
     def _loss_weights(self, batch: RolloutBatch, idx: list[int]) -> torch.Tensor:
         """The loss weights of a mini-batch's rows, [N, T] (0 outside `idx`): they sum its aggregated loss."""
         a = self.cfg.algo
-        agg = a.loss_agg or self.algo.loss_agg
+        agg = a.loss_agg or self.algorithm.loss_agg
         mask = batch.take(batch.loss_mask, idx)
         final = None
         if agg == "dtpo":
@@ -263,48 +265,8 @@ class Trainer:
         return {k: sums[k] / counts[k] for k in sums if k in counts} | {"_skipped": sums.get("skipped_update", 0.0)}
 
     def _micro_loss(self, batch: RolloutBatch, rows: list[int], w: torch.Tensor, n_tok: int, temp: float):
-        a, pol = self.cfg.algo, self.policy
-        dev = pol.device
-        seqs = [batch.seqs[i] for i in rows]
-        maskd = batch.take(batch.loss_mask, rows).to(dev)
-        share = self.cfg.train.share_prompt  # each group's prompt runs once (see Policy.logprobs)
-        logp, ent = pol.logprobs(seqs, maskd, temperature=temp, with_entropy=True, share_prefix=share)
-        old = batch.take(batch.old_logp, rows).to(dev)
-        adv = batch.take(batch.advantages, rows).to(dev)
-        w = w.to(dev)
-        per_tok, m = algos.token_policy_loss(logp, old, adv, maskd, a.clip_low, a.clip_high, a.dual_clip,
-                                             self.algo.level)
-        pg = algos.weighted_sum(per_tok, w)
-        loss = pg
-        frac = float(maskd.sum()) / max(1, n_tok)  # token-mean terms: exact over micro-batches
-        out = {"loss/pg": pg.item(), "clip/low": float(m["clip_frac_low"]), "clip/high": float(m["clip_frac_high"]),
-               "clip/dual": float(m["dual_clip_frac"]), "entropy/policy": float(algos.masked_mean(ent.detach(), maskd))}
-        if a.kl_coef > 0:
-            ref = batch.take(batch.ref_logp, rows).to(dev)
-            kl = algos.weighted_sum(algos.kl_estimate(logp, ref, a.kl_kind), w)
-            loss = loss + a.kl_coef * kl
-            out["ref_kl"], out["loss/ref_kl"] = kl.item(), (a.kl_coef * kl).item()
-        if a.entropy_coef > 0:
-            e = algos.weighted_sum(ent, w)
-            loss = loss - a.entropy_coef * e
-            out["loss/entropy"] = (-a.entropy_coef * e).item()
-        if a.papo.enabled:
-            p = a.papo
-            if p.masked_grad:
-                mseqs = [Seq(batch.seqs[i].ids, batch.masked_vision[i]) for i in rows]
-                mlogp = pol.logprobs(mseqs, maskd, temperature=temp, share_prefix=share)
-            else:
-                mlogp = batch.take(batch.masked_logp, rows).to(dev)
-            pkl = algos.perception_kl(logp, mlogp, maskd) * frac
-            loss = loss - p.gamma * pkl
-            out["perception_kl"], out["loss/perception"] = pkl.item() / max(frac, 1e-8), -(p.gamma * pkl).item()
-            out["entropy/masked"] = float(-algos.masked_mean(mlogp.detach(), maskd))
-            if p.eta1 or p.eta2:
-                de = algos.double_entropy(logp, mlogp, maskd, p.eta1, p.eta2) * frac
-                loss = loss + de
-                out["loss/double_entropy"] = de.item()
-        out["loss/total"] = loss.item()
-        return loss, out
+        return micro_batch_loss(self.policy, self.cfg.algo, self.algorithm.level, batch, rows, w, n_tok, temp,
+                                self.cfg.train.share_prompt)
 
     # ------------------------------------------------------------------ one step
 
