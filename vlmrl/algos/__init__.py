@@ -23,8 +23,12 @@ from vlmrl.algos.losses import (
     sampled_entropy,
 )
 from vlmrl.algos.papo import double_entropy, perception_kl, random_patch_mask
+from vlmrl.algos.table import ALGORITHMS, Algorithm, check_algorithm
 
 __all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "check_algorithm",
     "loss_weights",
     "token_policy_loss",
     "weighted_sum",
