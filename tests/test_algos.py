@@ -10,6 +10,7 @@ from vlmrl.algos import (
     dynamic_sampling_keep,
     entropy_from_logits,
     expand_group_keep,
+    group_std,
     grpo_advantages,
     kl_estimate,
     masked_mean,
@@ -62,6 +63,25 @@ def test_grpo_group_size_one_and_bad_shapes():
     with pytest.raises(ValueError):
         grpo_advantages(t([1.0, 2.0]), 2, scale="bogus")
     assert grpo_advantages(torch.tensor([1, 0]), 2).dtype == torch.float32  # int rewards are accepted
+
+
+# rows 0..5 in three interleaved groups of unequal size: id 4 = rows 0, 2, 5; id 1 = rows 1, 4; id 9 = row 3
+IDS = torch.tensor([4, 1, 4, 9, 1, 4])
+R = t([1.0, 0.0, 3.0, 5.0, 1.0, 2.0])
+
+
+def test_grpo_by_group_id_with_groups_of_three_two_and_one():
+    # id 4: (1, 3, 2), mean 2, unbiased std 1; id 1: (0, 1), mean 0.5, std sqrt(0.5); id 9: one row -> 0
+    s2 = math.sqrt(0.5)
+    assert torch.allclose(grpo_advantages(R, IDS, eps=0.0), t([-1.0, -0.5 / s2, 1.0, 0.0, 0.5 / s2, 0.0]))
+    assert torch.allclose(grpo_advantages(R, IDS, scale="none"), t([-1.0, -0.5, 1.0, 0.0, 0.5, 0.0]))
+    assert torch.equal(grpo_advantages(R, [4, 1, 4, 9, 1, 4]), grpo_advantages(R, IDS))  # a list of ids works too
+    # consecutive equal blocks given as ids give bit-identical results to the group size
+    assert torch.equal(grpo_advantages(R, torch.tensor([0, 0, 1, 1, 2, 2])), grpo_advantages(R, 2))
+    with pytest.raises(ValueError, match="one id per row"):
+        grpo_advantages(R, IDS[:5])
+    with pytest.raises(ValueError, match="integer"):
+        grpo_advantages(R, IDS.float())
 
 
 # ---------------------------------------------------------------- aggregation
@@ -265,6 +285,19 @@ def test_accuracy_window_is_exclusive():
     assert accuracy_window_keep(acc, 4).tolist() == [False, False, True, True]
     assert accuracy_window_keep(acc, 4, low=0.25, high=0.75).tolist() == [False, False, False, False]
     assert accuracy_window_keep(acc, 4, low=0.2, high=0.8).tolist() == [False, False, True, True]
+
+
+def test_filters_by_group_id_with_unequal_groups():
+    # group order is by id: 1 (rows 1, 4), 4 (rows 0, 2, 5), 9 (row 3)
+    assert torch.allclose(group_std(R, IDS), t([math.sqrt(0.5), 1.0, 0.0]))
+    assert dynamic_sampling_keep(R, IDS).tolist() == [True, True, False]
+    assert zero_std_fraction(R, IDS) == pytest.approx(1 / 3)
+    acc = t([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])  # means: id 1 -> 0, id 4 -> 2/3, id 9 -> 1
+    assert accuracy_window_keep(acc, IDS).tolist() == [False, True, False]
+    rows = expand_group_keep(torch.tensor([False, True, False]), IDS)
+    assert rows.tolist() == [True, False, True, False, False, True]
+    with pytest.raises(ValueError, match="3 flags for 2 groups"):
+        expand_group_keep(torch.tensor([True, True, True]), torch.tensor([0, 0, 1]))
 
 
 def test_loss_weights_reproduce_every_aggregation_and_split_exactly():

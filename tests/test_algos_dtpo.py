@@ -43,7 +43,7 @@ def test_dtpo_advantages_every_token():
         [both[2], 0, both[2], 0, a_oc[2], a_oc[2], 0, 0],               # two tool turns, then answer
         [0] + [both[3]] * 7,
     ])
-    adv = dtpo_advantages(R_OC, R_TOOL, TURNS, MASK, group_size=4)
+    adv = dtpo_advantages(R_OC, R_TOOL, TURNS, MASK, groups=4)
     assert adv.shape == (4, 8)
     assert torch.allclose(adv, expected, atol=1e-9)
     assert a_tool[1] == pytest.approx(s, rel=1e-4)
@@ -107,3 +107,20 @@ def test_dtpo_loss_all_direct_has_no_non_final_term_and_clips():
     assert float(m["clip_frac_high"]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         dtpo_loss(logp, old, t([1.0]), t([[1, 1]]))
+
+
+def test_dtpo_advantages_by_group_id_groups_of_three_and_one():
+    # ids: rows 0, 1, 3 form group 2; row 2 is alone (group 5), so its advantages are all 0
+    # group 2: R_OC (1, 0, 0): mean 1/3, unbiased std sqrt(1/3); R_TOOL (0, 0.1, 0): mean 1/30, std sqrt(3)/30
+    sd = math.sqrt(1 / 3)
+    a_oc = {0: (2 / 3) / sd, 1: -(1 / 3) / sd, 3: -(1 / 3) / sd}
+    a_tool = {0: -1 / math.sqrt(3), 1: 2 / math.sqrt(3), 3: -1 / math.sqrt(3)}
+    both = {i: a_oc[i] + 0.3 * a_tool[i] for i in a_oc}
+    expected = t([
+        [0, 0, both[0], both[0], both[0], 0, 0, 0],
+        [0, both[1], both[1], 0, 0, a_oc[1], a_oc[1], a_oc[1]],
+        [0] * 8,
+        [0] + [both[3]] * 7,
+    ])
+    adv = dtpo_advantages(R_OC, R_TOOL, TURNS, MASK, torch.tensor([2, 2, 5, 2]), eps=0.0)
+    assert torch.allclose(adv, expected, atol=1e-9)

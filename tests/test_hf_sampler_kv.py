@@ -458,7 +458,7 @@ def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, shared, tin
     for reuse_kv in (True, False):
         with forced(pol.core.lm_head, call):
             engine = _tool_engine(pol, reuse_kv, **extra)
-            runs.append(engine.rollout(_samples(), group_size=3))
+            runs.append(engine.rollout(_samples(), n_per_prompt=3))
             assert engine.sampler.continued == reuse_kv
             assert not engine.sampler._last  # the rollout ended: the rows' cache is freed
     fast, slow = runs
@@ -563,17 +563,23 @@ def test_vision_tower_encodes_each_prompt_once_per_group(tiny_policies):
 
 
 def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
+    from vlmrl.train.batch import RolloutBatch, left_pad
     from vlmrl.train.trainer import Trainer
 
     pol = tiny_policies["qwen2_5_vl"]
     f = pol.factor
     seqs = [_seq(pol, _prompt(pol, (2 * f, 2 * f), "Q " * k)) for k in (5, 1, 9, 3)]
-    trajs = [SimpleNamespace(response_mask=[0] * (len(s.ids) - 3) + [1, 1, 1]) for s in seqs]
-    no_sharing = SimpleNamespace(_share_groups=lambda: 0)  # the trainer part it uses: train.share_prompt off
-    got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, trajs, 1.0, chunk=2)
-    for s, t, row in zip(seqs, trajs, got):
+    masks = [[0] * (len(s.ids) - 3) + [1, 1, 1] for s in seqs]
+    mask = left_pad(masks, 0, torch.long)
+    batch = RolloutBatch(seqs=seqs, lengths=[len(s.ids) for s in seqs], group_ids=torch.arange(4),
+                         response_mask=mask, loss_mask=mask, turn_ids=mask - 1, old_logp=torch.zeros(mask.shape))
+    no_sharing = SimpleNamespace(_share_groups=lambda batch: None)  # the trainer part it uses: share_prompt off
+    got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, batch, 1.0, chunk=2)
+    assert got.shape == mask.shape
+    for i, (s, m) in enumerate(zip(seqs, masks)):
         with torch.no_grad():
-            one = pol.logprobs([s], torch.tensor([t.response_mask]))[0].tolist()
+            one = pol.logprobs([s], torch.tensor([m]))[0].tolist()
+        row = batch.row(got, i)
         assert len(row) == len(s.ids) and torch.allclose(torch.tensor(row), torch.tensor(one), atol=1e-5)
 
 
@@ -592,7 +598,7 @@ def test_first_turn_prefix_is_part_of_the_turn_and_keeps_the_cache(tiny_policies
         eng = _tool_engine(pol, reuse_kv)
         eng.cfg = replace(eng.cfg, first_turn_prefix=prefix)
         with forced(pol.core.lm_head, rest):
-            runs.append(eng.rollout(_samples(), group_size=2))
+            runs.append(eng.rollout(_samples(), n_per_prompt=2))
     fast, slow = runs
     for t in fast:
         assert t.turns[0] == text and len(t.turns) == 2 and t.tool_calls[0].valid
@@ -615,11 +621,11 @@ def test_first_turn_prefix_fills_in_each_question(tiny_policies):
     call = CALL % "0, 0, 112, 112"
     eng = _tool_engine(pol, True)
     eng.cfg = replace(eng.cfg, first_turn_prefix="<think>{question}</think>" + call[len("<think>zoom</think>"):])
-    trajs = eng.rollout(samples, group_size=2)
+    trajs = eng.rollout(samples, n_per_prompt=2)
     for t, s in zip(trajs, [samples[0]] * 2 + [samples[1]] * 2):
         assert t.turns[0].startswith(f"<think>{s.question}</think><tool_call>") and t.tool_calls[0].valid
     eng.cfg = replace(eng.cfg, first_turn_prefix="<think>{question} I", max_turns=1)
-    trajs = eng.rollout(samples, group_size=2)
+    trajs = eng.rollout(samples, n_per_prompt=2)
     for t, s in zip(trajs, [samples[0]] * 2 + [samples[1]] * 2):
         n = len(pol.tokenizer.encode(f"<think>{s.question} I", add_special_tokens=False))
         assert t.turns[0].startswith(f"<think>{s.question} I")

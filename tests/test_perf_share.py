@@ -3,8 +3,8 @@ the single pass's log-probs, entropies and parameter gradients (no timing here: 
 
 Cases: direct answers of two prompts (left padding, unequal completion lengths), tool rollouts whose second turn
 carries a crop image, groups of size 1 next to larger groups, rows with nothing to score, images that are equal
-but not the same object; the fallbacks (nothing shared, a process group of several ranks) run one forward pass;
-the trainer's micro-batches keep a group's rows together.
+but not the same object; the fallbacks (nothing shared, a process group of several ranks) run one forward pass.
+(The trainer's micro-batches keep a group's rows together: tests/test_train_batch.py.)
 """
 
 import pytest
@@ -14,7 +14,6 @@ from PIL import Image
 from vlmrl.models.codec import Seq
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.sampler import Prompt, SamplingParams
-from vlmrl.train.trainer import micro_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -249,19 +248,6 @@ def test_gradient_checkpointing_falls_back_to_the_single_pass(tiny_dirs):
     with CountCalls(pol) as n:
         pol.logprobs(seqs, mask, share_prefix=True).sum().backward()
     assert n.calls == 1
-
-
-# --------------------------------------------------------------------------- the trainer's micro-batches
-
-def test_micro_batches_keep_groups_together():
-    lengths = [9, 3, 7, 5, 8, 2, 6, 4]  # two groups of 4, by trajectory index
-    idx = [5, 0, 7, 2, 1, 6, 3, 4]  # a shuffled mini-batch
-    together = micro_batches(idx, lengths, 4, group_size=4)
-    assert [sorted(idx[k] // 4 for k in c) for c in together] == [[0] * 4, [1] * 4]
-    assert [[lengths[idx[k]] for k in c] for c in together] == [[3, 5, 7, 9], [2, 4, 6, 8]]
-    by_length = micro_batches(idx, lengths, 4)
-    assert [[lengths[idx[k]] for k in c] for c in by_length] == [[2, 3, 4, 5], [6, 7, 8, 9]]
-    assert sorted(k for c in together for k in c) == list(range(8))
 
 
 # --------------------------------------------------------------------------- the trainer, end to end

@@ -14,7 +14,7 @@ def test_outcome_and_tool_rewards_hand_group():
     called = [False, True, True, True, True]
     crop_ok = [0, 1, 1, 1, 0]
     area = [0.0, 0.2, 0.4, 0.9, 0.5]
-    out = dtpo_rewards(acc, fmt, called, crop_ok, area, group_size=5)
+    out = dtpo_rewards(acc, fmt, called, crop_ok, area, groups=5)
     # r = 1 direct correct / 4 correct = 0.25 >= theta 0.2: no balance, the direct answer keeps 1.0
     assert out["outcome"] == pytest.approx([1.5, 1.4, 0.9, 0.5, 1.4])
     assert out["balance_applied"] == [0.0] * 5
@@ -30,7 +30,7 @@ def test_balance_rule_and_area_cap():
     called = [False] + [True] * 5 + [False, True]
     crop_ok = [0] + [1] * 5 + [0, 1]
     area = [0, 0.1, 0.1, 0.1, 0.1, 0.6, 0, 0.05]
-    out = dtpo_rewards(acc, [1] * 8, called, crop_ok, area, group_size=8)
+    out = dtpo_rewards(acc, [1] * 8, called, crop_ok, area, groups=8)
     assert out["outcome"] == pytest.approx([1.4] * 6 + [0.5, 0.5])
     assert out["balance_applied"] == [1.0] + [0.0] * 7
     # mu_a = (4 * 0.1 + 0.6) / 5 = 0.2; t5: 0.6 / 0.2 - 1 = 2 -> clipped to 1; t7 wrong: no area term
@@ -43,7 +43,7 @@ def test_balance_rule_and_area_cap():
     ([0, 1, 1, 1], [False, True, True, True], 0.0),  # r = 0: no correct direct answer
 ])
 def test_balance_rule_edges(acc, called, direct_reward):
-    out = dtpo_rewards(acc, [0] * 4, called, [0] * 4, [0] * 4, group_size=4)
+    out = dtpo_rewards(acc, [0] * 4, called, [0] * 4, [0] * 4, groups=4)
     assert out["outcome"][0] == pytest.approx(direct_reward)
     assert all(out["outcome"][i] == pytest.approx(0.9 * acc[i]) for i in range(4) if called[i])
 
@@ -54,6 +54,23 @@ def test_groups_are_independent_and_shapes_checked():
     assert b["outcome"][:2] == a["outcome"] and b["tool"][:2] == a["tool"]
     with pytest.raises(ValueError):
         dtpo_rewards([1, 1, 1], [1, 1, 1], [True] * 3, [1] * 3, [0.1] * 3, 2)
+
+
+def test_groups_by_id_of_three_two_and_one():
+    # interleaved rows: group 5 = rows 0, 2, 5; group 2 = rows 1, 4; group 7 = row 3
+    ids = [5, 2, 5, 7, 2, 5]
+    out = dtpo_rewards(acc=[1, 1, 1, 1, 1, 0], fmt=[1, 1, 1, 1, 0, 1],
+                       tool_called=[True, True, False, False, True, True], crop_ok=[1, 1, 0, 0, 1, 1],
+                       area=[0.2, 0.1, 0.0, 0.0, 0.3, 0.4], groups=ids)
+    # group 5: correct rows 0 (tool) and 2 (direct): r = 1/2, no balance; mu_a over row 0 only = 0.2;
+    #   row 5 is wrong, so no area term. group 2: r = 0; mu_a = (0.1 + 0.3) / 2 = 0.2, row 4: 0.3/0.2 - 1 = 0.5.
+    #   group 7: one correct direct answer, r = 1.
+    assert out["outcome"] == pytest.approx([1.4, 1.4, 1.5, 1.5, 0.9, 0.5])
+    assert out["area_penalty"] == pytest.approx([0, 0, 0, 0, 0.5, 0])
+    assert out["tool"] == pytest.approx([0.1, 0.1, 0.0, 0.0, 0.1 - 0.2 * 0.5, 0.1])
+    assert out["direct_ratio"] == pytest.approx([0.5, 0.0, 0.5, 1.0, 0.0, 0.5])
+    with pytest.raises(ValueError, match="one id per row"):
+        dtpo_rewards([1, 1], [1, 1], [True, True], [1, 1], [0.1, 0.1], groups=[0])
 
 
 def test_coverage_and_area():
@@ -99,7 +116,7 @@ def test_dtpo_group_rewards_end_to_end_and_into_advantages():
         item([call, bad], [[0, 0, 50, 50]]),         # tool, wrong
         item([call, good], [[60, 60, 100, 100]]),    # tool, correct, misses the gt box
     ]
-    out = dtpo_group_rewards(items, group_size=4)
+    out = dtpo_group_rewards(items, groups=4)
     assert out["accuracy"] == [1.0, 1.0, 0.0, 1.0] and out["format"] == [1.0] * 4
     assert out["crop_ok"] == [0.0, 1.0, 1.0, 0.0] and out["unjudged"] == [0.0] * 4
     assert out["area"] == pytest.approx([0.0, 0.25, 0.25, 0.16])
@@ -110,5 +127,5 @@ def test_dtpo_group_rewards_end_to_end_and_into_advantages():
     assert dtpo_group_rewards(unboxed, 4)["unjudged"] == [0.0, 1.0, 1.0, 1.0]
 
     adv = dtpo_advantages(torch.tensor(out["outcome"]), torch.tensor(out["tool"]),
-                          torch.zeros(4, 3, dtype=torch.long), torch.ones(4, 3), group_size=4)
+                          torch.zeros(4, 3, dtype=torch.long), torch.ones(4, 3), groups=4)
     assert adv.shape == (4, 3) and torch.isfinite(adv).all()

@@ -79,7 +79,7 @@ def _spans(traj):
 def test_valid_call_then_answer(pol):
     tok = pol.tokenizer
     eng = engine_for(pol, {0: [CALL % "0, 0, 112, 112"], 1: [ANSWER]})
-    (t,) = eng.rollout([make_sample()], group_size=1)
+    (t,) = eng.rollout([make_sample()], n_per_prompt=1)
     assert t.finish_reason == "answered"
     assert [im.kind for im in t.images] == ["input", "crop"]
     assert t.images[0].seen_size == (224, 224) and t.images[0].visual_tokens == 64
@@ -142,12 +142,32 @@ def test_second_call_hits_max_turns(pol):
 
 def test_no_call_answers_in_one_turn_and_groups_are_prompt_major(pol):
     eng = engine_for(pol, {0: [ANSWER, CALL % "0, 0, 112, 112", ANSWER, "<think>long..."], 1: [ANSWER]})
-    trajs = eng.rollout([make_sample(sid="a"), make_sample(sid="b")], group_size=2)
+    trajs = eng.rollout([make_sample(sid="a"), make_sample(sid="b")], n_per_prompt=2)
     assert [(t.sample_id, t.sample_index) for t in trajs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert [t.finish_reason for t in trajs] == ["answered", "answered", "answered", "length"]
     assert [len(t.turns) for t in trajs] == [1, 2, 1, 1]
     assert [t.visual_tokens for t in trajs] == [64, 128, 64, 64]
     assert max(trajs[0].turn_ids) == 0
+
+
+def test_samples_per_prompt_and_group_ids(pol):
+    """n_per_prompt gives each prompt its own number of samples; each prompt's samples form one group whose id
+    counts from first_group_id; equal counts as a list are the same rollout as the int."""
+    cfg = RolloutConfig(mode="direct", max_new_tokens=3, temperature=1.0, image_max_pixels=112 * 112)
+    eng = RolloutEngine(pol, cfg, messages_fn=user_only)
+    samples = [make_sample(sid="a"), make_sample((224, 112), sid="b"), make_sample(sid="c")]
+    trajs = eng.rollout(samples, n_per_prompt=[1, 3, 2], generator=torch.Generator().manual_seed(0), first_group_id=10)
+    assert [(t.sample_id, t.sample_index, t.group_id, t.prompt_index) for t in trajs] == [
+        ("a", 0, 10, 0), ("b", 0, 11, 1), ("b", 1, 11, 1), ("b", 2, 11, 1), ("c", 0, 12, 2), ("c", 1, 12, 2)]
+    assert all(t.ids[:t.prompt_len] == trajs[1].ids[:trajs[1].prompt_len] for t in trajs[1:4])  # b's own prompt
+    assert trajs[1].prompt_len != trajs[0].prompt_len and all(t.num_response_tokens >= 1 for t in trajs)
+    as_list = eng.rollout(samples[:2], n_per_prompt=[2, 2], generator=torch.Generator().manual_seed(1))
+    as_int = eng.rollout(samples[:2], n_per_prompt=2, generator=torch.Generator().manual_seed(1))
+    assert [t.ids for t in as_list] == [t.ids for t in as_int] and [t.group_id for t in as_int] == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"n_per_prompt has 2 entries for 3 samples"):
+        eng.rollout(samples, n_per_prompt=[1, 2])
+    with pytest.raises(ValueError, match=r"n_per_prompt\[1\] must be an integer >= 1, got 0"):
+        eng.rollout(samples, n_per_prompt=[1, 0, 2])
 
 
 def test_direct_mode_uses_full_resolution_and_ignores_calls(pol):
@@ -213,7 +233,7 @@ def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=24, crop_min_pixels=4 * 28 * 28,
                         crop_max_pixels=256 * 256, temperature=1.0, seed=1)
     samples = [make_sample(), make_sample((336, 448), sid="s1")]
-    trajs = RolloutEngine(base, cfg, messages_fn=user_only, sampler=sampler).rollout(samples, group_size=3)
+    trajs = RolloutEngine(base, cfg, messages_fn=user_only, sampler=sampler).rollout(samples, n_per_prompt=3)
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in trajs)
     seqs = [Seq(t.ids, t.vision) for t in trajs]
     T = max(len(s.ids) for s in seqs)
@@ -253,7 +273,7 @@ def test_a_minimal_sampler_drives_the_engine_through_a_tool_turn(pol):
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=40, max_total_tokens=2000, temperature=0.7,
                         top_p=0.9, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224)
     samples = [make_sample(), make_sample((336, 448), sid="s1")]
-    trajs = RolloutEngine(pol, cfg, messages_fn=user_only, sampler=fake).rollout(samples, group_size=2)
+    trajs = RolloutEngine(pol, cfg, messages_fn=user_only, sampler=fake).rollout(samples, n_per_prompt=2)
     assert len(fake.calls) == 2
     (first, p0), (second, p1) = fake.calls
     # turn 0: one prompt per sample, its first view as a PIL image; 2 samples each; the config's sampling settings

@@ -85,10 +85,10 @@ def test_demonstrations(assets, tiny_policies):
         assert sum(t.response_mask) > 0 and len(t.vision) == 2
     for t, s in zip(trajs[2:], plain):
         assert t.turns == [f"<think>I can see it.</think><answer>{s.answer}</answer>"] and not t.tool_calls
-    # tool_fraction=0 and direct mode give direct demos only
+    # tool_fraction=0 and direct mode give direct demos only (a direct-mode recipe trains GRPO, not DTPO)
     for c in (_cfg(assets, assets["root"] / "unused", tool_fraction=0.0),
-              load_config(ROOT / "recipes" / "quickstart.yaml",
-                          _overrides(assets, assets["root"] / "unused") + ["rollout.mode=direct"])):
+              load_config(ROOT / "recipes" / "quickstart.yaml", _overrides(assets, assets["root"] / "unused")
+                          + ["rollout.mode=direct", "algo.name=grpo", "reward.name=accuracy_format"])):
         trajs, _ = build_demos(pol, zoom, c)
         assert all(len(t.turns) == 1 and "<answer>" in t.turns[0] for t in trajs)
 
@@ -168,7 +168,7 @@ def test_cli(assets, tmp_path, monkeypatch, capsys):
 
 
 def test_make_scheduler_values_and_early_errors():
-    from vlmrl.train.trainer import make_scheduler
+    from vlmrl.train.schedule import make_scheduler
 
     def lrs(kind, warmup, total):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -94,6 +94,27 @@ def test_train_cli_reports_bad_recipe(tmp_path, capsys):
     assert "unknown key 'algo.nme'; did you mean 'name'" in capsys.readouterr().err
 
 
+def test_algorithm_with_the_wrong_reward_or_mode_is_refused_when_the_recipe_loads(tmp_path, capsys):
+    """The algorithm table is checked when the recipe loads: DTPO with a non-DTPO reward (it would die at step 1
+    with KeyError: 'outcome') or in direct mode is a config error naming both keys; `vlmrl train` exits 1 with
+    it, before any model or data is read (the paths here do not exist)."""
+    from vlmrl.cli import main
+
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    assert main(["train", str(recipe), "reward.name=accuracy_format", "model.path=/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert "algo.name=dtpo needs reward.name=dtpo, got reward.name=accuracy_format" in err, err
+    assert "quickstart.yaml" in err
+    with pytest.raises(ConfigError, match=r"algo.name=dtpo needs rollout.mode=tool, got rollout.mode=direct"):
+        load_config(recipe, ["rollout.mode=direct"])
+    with pytest.raises(ConfigError, match=r"algo.name must be one of grpo, dapo, dr_grpo, gspo, dtpo, got 'ppo'"):
+        load_config(None, ["algo.name=ppo"])
+    with pytest.raises(ConfigError, match=r"algo.loss_agg must be one of .*got 'mean'"):
+        load_config(None, ["algo.loss_agg=mean"])
+    # algorithms without a required reward take any (a DTPO reward's total included)
+    assert load_config(None, ["algo.name=dr_grpo", "reward.name=dtpo"]).algo.name == "dr_grpo"
+
+
 def _run_cli(args, env, **kw):
     return subprocess.run([sys.executable, "-m", "vlmrl.cli", *args], env=env, capture_output=True, text=True, **kw)
 
@@ -237,9 +258,9 @@ def test_skipped_rows_are_restored_per_process():
 
 
 def test_papo_masked_image_is_shared_within_a_group_not_across_resampling_tries(assets, tmp_path):
-    """PAPO masks each prompt image once per group of G rows. Groups are consecutive runs of G trajectories:
-    prompt_index restarts with each resampling try, so two groups with prompt_index 0 (different images) must
-    each get a masked copy of their own image, and a crop gets one per trajectory."""
+    """PAPO masks each prompt image once per group (by group id). prompt_index restarts with each resampling
+    try, so two groups with prompt_index 0 (different images, group ids 0 and 1) must each get a masked copy of
+    their own image, and a crop gets one per trajectory."""
     from PIL import Image
 
     from vlmrl.rollout.trajectory import TrajImage, Trajectory
@@ -253,15 +274,15 @@ def test_papo_masked_image_is_shared_within_a_group_not_across_resampling_tries(
     pictures = [Image.new("RGB", size, (200, 30, 30)), Image.new("RGB", size, (30, 30, 200))]
     crop = Image.new("RGB", size, (30, 200, 30))
 
-    def traj(picture, with_crop):
+    def traj(picture, with_crop, group_id):
         images = [TrajImage("input", size, size, 4, -1, image=picture)]
         if with_crop:
             images.append(TrajImage("crop", size, size, 4, 0, image=crop))
         return Trajectory(prompt_index=0, sample_index=0, sample_id="s", question="q", answer="a",
                           answer_type="text", ids=[], response_mask=[], turn_ids=[], logprobs=[], prompt_len=0,
-                          images=images)
+                          images=images, group_id=group_id)
 
-    trajs = [traj(pictures[i // G], with_crop=(i != 1)) for i in range(2 * G)]  # two tries, prompt_index 0
+    trajs = [traj(pictures[i // G], with_crop=(i != 1), group_id=i // G) for i in range(2 * G)]  # prompt_index 0
     vis = tr._masked_vision(trajs)
     first = [v[0] for v in vis]
     assert all(first[i] is first[0] for i in range(G)) and all(first[i] is first[G] for i in range(G, 2 * G))

@@ -4,7 +4,8 @@
 
 Every section is a dataclass below; its fields and defaults are the documentation. An unknown key is
 an error that names the key and suggests the closest valid one; a value of the wrong type is an error
-that names the key and the expected type.
+that names the key and the expected type; an algorithm with a reward or rollout mode it cannot use is an
+error that names both (the algorithm table, vlmrl.algos.table).
 """
 
 from __future__ import annotations
@@ -285,9 +286,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     data = _merge(data, parse_overrides(overrides or []))
     try:
-        return from_dict(Config, data)
+        cfg = from_dict(Config, data)
+        check_algorithm_fits(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    return cfg
+
+
+def check_algorithm_fits(cfg: Config) -> None:
+    """ConfigError unless algo.name is in the algorithm table (vlmrl.algos.table) and the recipe's reward,
+    rollout mode and loss aggregation are ones it works with: caught when the recipe loads, not at step 1."""
+    from vlmrl.algos.table import check_algorithm
+
+    try:
+        check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def to_dict(cfg: Any) -> dict:

@@ -175,7 +175,7 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
 
         def engine_direct():
             pol.start()
-            trajs = eng.rollout(samples, group_size=G, generator=torch.Generator().manual_seed(seed))
+            trajs = eng.rollout(samples, n_per_prompt=G, generator=torch.Generator().manual_seed(seed))
             return sum(sum(t.response_mask) for t in trajs)
 
         prompt_lens = [len(eng.build_prompt(s)[0].ids) for s in samples]
@@ -206,7 +206,7 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
         def tool_rollout(engine, pol):
             def fn():
                 pol.start()
-                trajs = engine.rollout(samples, group_size=G, generator=torch.Generator().manual_seed(seed))
+                trajs = engine.rollout(samples, n_per_prompt=G, generator=torch.Generator().manual_seed(seed))
                 last["trajs"] = trajs
                 return pol.sampled_tokens
             return fn

@@ -1,4 +1,5 @@
-"""Pure tensor functions for RL: advantages, policy losses, KL estimators, PAPO terms, group filters."""
+"""Pure tensor functions for RL: advantages, policy losses, KL estimators, PAPO terms, group filters, and the
+algorithm table (vlmrl.algos.table) that says which of them each `algo.name` uses."""
 
 from vlmrl.algos.advantages import dtpo_advantages, final_turn_mask, grpo_advantages, last_turn_ids
 from vlmrl.algos.filters import (
@@ -11,8 +12,8 @@ from vlmrl.algos.filters import (
 from vlmrl.algos.losses import (
     loss_weights,
     token_policy_loss,
+    weighted_sum,
     AGG_MODES,
-    aggregate,
     dtpo_loss,
     entropy_from_logits,
     kl_estimate,
@@ -22,13 +23,17 @@ from vlmrl.algos.losses import (
     sampled_entropy,
 )
 from vlmrl.algos.papo import double_entropy, perception_kl, random_patch_mask
+from vlmrl.algos.table import ALGORITHMS, Algorithm, check_algorithm
 
 __all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "check_algorithm",
     "loss_weights",
     "token_policy_loss",
+    "weighted_sum",
     "AGG_MODES",
     "accuracy_window_keep",
-    "aggregate",
     "double_entropy",
     "dtpo_advantages",
     "dtpo_loss",

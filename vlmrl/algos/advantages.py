@@ -1,38 +1,35 @@
 """Group-relative advantages: GRPO / Dr.GRPO per sequence, DTPO per token.
 
-Rows of a batch are grouped as consecutive blocks of ``group_size`` (the G samples of one prompt).
+`groups` is a group size G (rows are consecutive blocks of G, the samples of one prompt) or one group id per
+row (groups of any sizes, in any order; see vlmrl.algos.groups).
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Reshape [B] to [B // group_size, group_size]; ValueError when B is not a multiple."""
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if x.dim() != 1 or x.shape[0] % group_size:
-        raise ValueError(f"expected a 1-D tensor whose length is a multiple of group_size={group_size}, "
-                         f"got shape {tuple(x.shape)}")
-    return x.reshape(-1, group_size)
+from vlmrl.algos.groups import group_members, per_group, to_rows, unbiased_std
 
 
-def grpo_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, groups: int | torch.Tensor, scale: str = "group",
+                    eps: float = 1e-6) -> torch.Tensor:
     """Per-sequence advantages [B]: (r - mean_g) / (std_g + eps) for scale="group", r - mean_g for "none".
 
-    The std is unbiased (torch's default). A group whose rewards are all equal gets exactly 0 (also when
-    group_size is 1, where the unbiased std is undefined); never NaN.
+    The std is unbiased (torch's default). A group whose rewards are all equal gets exactly 0 (also a group of
+    one, where the unbiased std is undefined); never NaN.
     """
     if scale not in ("group", "none"):
         raise ValueError(f"scale must be 'group' or 'none' (Dr.GRPO), got {scale!r}")
-    r = group_view(rewards if rewards.is_floating_point() else rewards.float(), group_size)
-    adv = r - r.mean(dim=1, keepdim=True)
+    r = rewards if rewards.is_floating_point() else rewards.float()
+    if r.dim() != 1:
+        raise ValueError(f"expected a 1-D tensor of rewards, got shape {tuple(r.shape)}")
+    n = r.shape[0]
+    members = group_members(groups, n)
+    adv = r - to_rows(per_group(r, members, lambda b: b.mean(dim=1)), members, n)
     if scale == "group":
-        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-        adv = adv / (std + eps)
-    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)  # mean may be off by an ulp
-    return adv.masked_fill(constant, 0.0).reshape(-1)
+        adv = adv / (to_rows(per_group(r, members, unbiased_std), members, n) + eps)
+    constant = per_group(r, members, lambda b: b.amax(dim=1) == b.amin(dim=1))  # mean may be off by an ulp
+    return adv.masked_fill(to_rows(constant, members, n), 0.0)
 
 
 def last_turn_ids(turn_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -51,7 +48,7 @@ def dtpo_advantages(
     tool_rewards: torch.Tensor,
     turn_ids: torch.Tensor,
     response_mask: torch.Tensor,
-    group_size: int,
+    groups: int | torch.Tensor,
     tool_weight: float = 0.3,
     eps: float = 1e-6,
     tool_call_turns: torch.Tensor | None = None,
@@ -64,8 +61,8 @@ def dtpo_advantages(
     Default (None): every turn of a row except its last one (the largest turn id among its response
     tokens) is a tool-call turn, i.e. a trajectory that hit the turn cap mid-tool-call is not told apart.
     """
-    a_oc = grpo_advantages(outcome_rewards, group_size, "group", eps)
-    a_tool = grpo_advantages(tool_rewards, group_size, "group", eps)
+    a_oc = grpo_advantages(outcome_rewards, groups, "group", eps)
+    a_tool = grpo_advantages(tool_rewards, groups, "group", eps)
     resp = response_mask.bool()
     if tool_call_turns is None:
         is_tool_turn = turn_ids < last_turn_ids(turn_ids, response_mask).unsqueeze(1)

@@ -1,5 +1,10 @@
 """Policy losses (PPO-clip, GSPO, DTPO), KL estimators and entropy, on [B,T] token tensors.
 
+One loss implementation: `token_policy_loss` gives the per-token PPO-clip (or GSPO) loss, `loss_weights` the
+per-token weights of an aggregation (token-mean, Dr.GRPO's norm, DTPO's turn split, ...) and `weighted_sum`
+combines them; `policy_loss` and `dtpo_loss` are that composition, and the trainer does the same per
+micro-batch with weights computed per mini-batch.
+
 ``logp`` / ``old_logp`` / ``ref_logp`` are log-probs of the sampled tokens; ``mask`` is the response
 mask (1 for policy tokens). Metrics are detached 0-dim tensors (call ``float()`` to log them).
 """
@@ -20,25 +25,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return total.sum() / m.sum().clamp_min(1e-8)
     return total.sum(dim) / m.sum(dim).clamp_min(1e-8)
-
-
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
-              norm_len: int | None = None) -> torch.Tensor:
-    """Reduce a per-token loss [B,T] to a scalar with one of AGG_MODES.
-
-    token-mean: sum(l*mask)/sum(mask). seq-mean-token-mean: mean over sequences with at least one token
-    of their token mean. seq-mean-token-sum-norm (Dr.GRPO): sum(l*mask) / (B * norm_len), norm_len
-    defaulting to T.
-    """
-    if agg == "token-mean":
-        return masked_mean(loss, mask)
-    if agg == "seq-mean-token-mean":
-        nonempty = mask.bool().any(dim=-1)
-        return masked_mean(masked_mean(loss, mask, dim=-1), nonempty)
-    if agg == "seq-mean-token-sum-norm":
-        total = (torch.where(mask.bool(), loss, torch.zeros_like(loss)) * mask.to(loss.dtype)).sum()
-        return total / (loss.shape[0] * (norm_len if norm_len is not None else loss.shape[-1]))
-    raise ValueError(f"agg must be one of {AGG_MODES}, got {agg!r}")
 
 
 def ppo_clip_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float,
@@ -80,6 +66,52 @@ def _metrics(loss, ratio, regions, logp, old_logp, mask) -> dict[str, torch.Tens
     return out
 
 
+def token_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                      clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
+                      level: str = "token") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token PPO-clip (or GSPO) loss [B,T] before aggregation, and the clip metrics.
+
+    The one PPO-clip implementation: `policy_loss` and `dtpo_loss` are `weighted_sum` of it with
+    `loss_weights`, and the trainer sums it with weights computed once per mini-batch, so gradient accumulation
+    over micro-batches is exact. Its metrics' "pg_loss" is the per-token loss (detached)."""
+    adv = advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
+    ratio = _ratio(logp, old_logp, mask, level)
+    per_token, regions = ppo_clip_loss(ratio, adv, clip_low, clip_high, dual_clip)
+    return per_token, _metrics(per_token, ratio, regions, logp, old_logp, mask)
+
+
+def loss_weights(mask: torch.Tensor, agg: str = "token-mean", norm_len: int | None = None,
+                 final_mask: torch.Tensor | None = None, alpha: float = 0.5) -> torch.Tensor:
+    """Per-token weights w [B,T] with sum(l * w) == the aggregated loss of l over the batch.
+
+    agg in AGG_MODES: token-mean (1/N over all tokens), seq-mean-token-mean (1/(n_i * S) over the S rows with
+    tokens, n_i the row's tokens), seq-mean-token-sum-norm (Dr.GRPO: 1/(B * norm_len), norm_len defaulting to T);
+    or "dtpo": alpha/N_nonfinal on non-final-turn tokens + 1/N_final on final-turn tokens.
+    Float32 for an integer or bool mask, else the mask's dtype."""
+    m = mask if mask.is_floating_point() else mask.to(torch.float32)
+    if agg == "token-mean":
+        return m / m.sum().clamp_min(1.0)
+    if agg == "seq-mean-token-mean":
+        per_seq = m.sum(-1, keepdim=True)
+        n_seq = (per_seq > 0).sum().clamp_min(1)
+        return m / per_seq.clamp_min(1.0) / n_seq
+    if agg == "seq-mean-token-sum-norm":
+        return m / (m.shape[0] * (norm_len if norm_len is not None else m.shape[-1]))
+    if agg == "dtpo":
+        if final_mask is None:
+            raise ValueError("agg='dtpo' needs final_mask")
+        fin = m * final_mask.to(m.dtype)
+        non = m - fin
+        return alpha * non / non.sum().clamp_min(1.0) + fin / fin.sum().clamp_min(1.0)
+    raise ValueError(f"agg must be one of {AGG_MODES + ('dtpo',)}, got {agg!r}")
+
+
+def weighted_sum(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(per_token * weights) over the tokens with a non-zero weight: padding and masked-out tokens, whose
+    values may be inf or NaN (a -inf log-prob of a padded token), never leak in."""
+    return (torch.where(weights != 0, per_token, torch.zeros_like(per_token)) * weights).sum()
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -99,12 +131,11 @@ def policy_loss(
     GSPO-token form: ratio_t = sg[s_i] * exp(logp_t - sg[logp_t]) with s_i = exp(mean_t(logp - old_logp)),
     so the value (and the clip) is the sequence ratio and the gradient is s_i * grad logp_t.
     """
-    adv = advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
-    ratio = _ratio(logp, old_logp, mask, level)
-    per_token, regions = ppo_clip_loss(ratio, adv, clip_low, clip_high, dual_clip)
     agg = agg or ("token-mean" if level == "token" else "seq-mean-token-mean")
-    loss = aggregate(per_token, mask, agg, norm_len)
-    return loss, _metrics(loss, ratio, regions, logp, old_logp, mask)
+    per_token, metrics = token_policy_loss(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, level)
+    loss = weighted_sum(per_token, loss_weights(mask, agg, norm_len))
+    metrics["pg_loss"] = loss.detach()
+    return loss, metrics
 
 
 def dtpo_loss(
@@ -129,14 +160,11 @@ def dtpo_loss(
             raise ValueError("dtpo_loss needs final_turn_mask or turn_ids")
         final_turn_mask = _final_turn_mask(turn_ids, mask)
     resp, final = mask.bool(), final_turn_mask.bool()
-    adv = advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
-    ratio = torch.exp(logp - old_logp)
-    per_token, regions = ppo_clip_loss(ratio, adv, clip_low, clip_high, dual_clip)
-    loss_tool = masked_mean(per_token, resp & ~final)
-    loss_final = masked_mean(per_token, resp & final)
-    loss = alpha * loss_tool + loss_final
-    metrics = _metrics(loss, ratio, regions, logp, old_logp, mask)
-    metrics["loss_non_final"], metrics["loss_final"] = loss_tool.detach(), loss_final.detach()
+    per_token, metrics = token_policy_loss(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip)
+    loss = weighted_sum(per_token, loss_weights(mask, "dtpo", final_mask=final, alpha=alpha))
+    metrics["pg_loss"] = loss.detach()
+    metrics["loss_non_final"] = masked_mean(per_token.detach(), resp & ~final)
+    metrics["loss_final"] = masked_mean(per_token.detach(), resp & final)
     return loss, metrics
 
 
@@ -165,39 +193,3 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def sampled_entropy(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Entropy estimate from the sampled tokens' log-probs: -token-mean(logp) (PAPO's double entropy)."""
     return -masked_mean(logp, mask)
-
-
-def token_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                      clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
-                      level: str = "token") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token PPO-clip (or GSPO) loss [B,T] before aggregation, and the clip metrics.
-
-    With `loss_weights`, `(token_policy_loss(...)[0] * w).sum()` equals `policy_loss` / `dtpo_loss`; the
-    weights are computed once per mini-batch, so gradient accumulation over micro-batches is exact."""
-    adv = advantages.unsqueeze(-1).expand_as(logp) if advantages.dim() == 1 else advantages
-    ratio = _ratio(logp, old_logp, mask, level)
-    per_token, regions = ppo_clip_loss(ratio, adv, clip_low, clip_high, dual_clip)
-    return per_token, _metrics(per_token, ratio, regions, logp, old_logp, mask)
-
-
-def loss_weights(mask: torch.Tensor, agg: str = "token-mean", norm_len: int | None = None,
-                 final_mask: torch.Tensor | None = None, alpha: float = 0.5) -> torch.Tensor:
-    """Per-token weights w [B,T] with sum(l * w) == the aggregated loss of l over the batch.
-
-    agg in AGG_MODES, or "dtpo": alpha/N_nonfinal on non-final-turn tokens + 1/N_final on final-turn tokens."""
-    m = mask.to(torch.float32)
-    if agg == "token-mean":
-        return m / m.sum().clamp_min(1.0)
-    if agg == "seq-mean-token-mean":
-        per_seq = m.sum(-1, keepdim=True)
-        n_seq = (per_seq > 0).sum().clamp_min(1)
-        return m / per_seq.clamp_min(1.0) / n_seq
-    if agg == "seq-mean-token-sum-norm":
-        return m / (m.shape[0] * (norm_len if norm_len is not None else m.shape[-1]))
-    if agg == "dtpo":
-        if final_mask is None:
-            raise ValueError("agg='dtpo' needs final_mask")
-        fin = m * final_mask.to(m.dtype)
-        non = m - fin
-        return alpha * non / non.sum().clamp_min(1.0) + fin / fin.sum().clamp_min(1.0)
-    raise ValueError(f"agg must be one of {AGG_MODES + ('dtpo',)}, got {agg!r}")

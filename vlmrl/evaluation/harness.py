@@ -321,15 +321,14 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
             if not batch:
                 continue
             gen = torch.Generator().manual_seed(settings.seed + batch[0]["doc_id"])
-            trajs = engine.rollout(samples, group_size=K, generator=gen)
-            filtered = {d["doc_id"]: [filtered_response(trajs[i * K + k].final_text) for k in range(K)]
-                        for i, d in enumerate(batch)}
+            trajs = engine.rollout(samples, n_per_prompt=K, generator=gen)
+            by_doc = [[t for t in trajs if t.group_id == i] for i in range(len(batch))]  # group i = batch[i]
+            filtered = {d["doc_id"]: [filtered_response(t.final_text) for t in ts] for d, ts in zip(batch, by_doc)}
             _, recs = score_k(task, batch, filtered, K)
             for t in trajs:
                 t.prompt_index = batch[t.prompt_index]["doc_id"]
             save_traces(traces_path, trajs, append=True)
-            for i, (d, s) in enumerate(zip(batch, samples)):
-                ts = trajs[i * K:(i + 1) * K]
+            for d, s, ts in zip(batch, samples, by_doc):
                 messages = engine.messages_fn(s, cfg, policy.family)
                 scores = [r["score"] for r in recs[d["doc_id"]]]
                 line = {

@@ -1,4 +1,5 @@
-"""DTPO (AdaptVision) rewards, computed per group: the outcome reward R_oc and the tool reward R_tool.
+"""DTPO (AdaptVision) rewards, computed per group (the samples of one prompt, by group id or consecutive
+blocks): the outcome reward R_oc and the tool reward R_tool.
 
 R_oc = acc' + w_fmt * fmt, acc' = 0.9 * acc when a tool was called; a correct direct answer also gets
 0.9 when 0 < r < theta, r = (#correct direct) / (#correct) in its group (the balance rule).
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
+
+from vlmrl.algos.groups import group_members
 from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.format import format_reward
 
@@ -57,16 +61,22 @@ def crop_area_fraction(crops: Sequence[Box], image_size: tuple[int, int]) -> flo
 
 
 def dtpo_rewards(acc: Sequence[float], fmt: Sequence[float], tool_called: Sequence[bool],
-                 crop_ok: Sequence[float], area: Sequence[float], group_size: int, w_fmt: float = 0.5,
-                 tool_discount: float = 0.9, theta: float = 0.2, w_crop: float = 0.1,
+                 crop_ok: Sequence[float], area: Sequence[float], groups: int | torch.Tensor | Sequence[int],
+                 w_fmt: float = 0.5, tool_discount: float = 0.9, theta: float = 0.2, w_crop: float = 0.1,
                  w_area: float = 0.2) -> dict[str, list[float]]:
-    """Per-trajectory "outcome" and "tool" rewards for a batch of consecutive groups, plus logged parts."""
+    """Per-trajectory "outcome" and "tool" rewards plus logged parts. `groups`: a group size (consecutive
+    blocks) or one group id per row (see vlmrl.algos.groups)."""
     n = len(acc)
-    if group_size < 1 or n % group_size or not all(len(x) == n for x in (fmt, tool_called, crop_ok, area)):
-        raise ValueError(f"dtpo_rewards: {n} rows must be whole groups of {group_size}, all lists equally long")
+    if not all(len(x) == n for x in (fmt, tool_called, crop_ok, area)):
+        raise ValueError(f"dtpo_rewards: acc, fmt, tool_called, crop_ok and area must be equally long, got "
+                         f"{[len(x) for x in (acc, fmt, tool_called, crop_ok, area)]}")
+    try:
+        members = group_members(groups, n)
+    except ValueError as e:
+        raise ValueError(f"dtpo_rewards: {n} rows: {e}") from None
     out = {k: [0.0] * n for k in ("outcome", "tool", "acc_adjusted", "balance_applied", "area_penalty", "direct_ratio")}
-    for g0 in range(0, n, group_size):
-        rows = range(g0, g0 + group_size)
+    for m in members:
+        rows = m.tolist()
         correct = [i for i in rows if acc[i] > 0.5]
         direct_correct = [i for i in correct if not tool_called[i]]
         r = len(direct_correct) / len(correct) if correct else 0.0
@@ -86,8 +96,9 @@ def dtpo_rewards(acc: Sequence[float], fmt: Sequence[float], tool_called: Sequen
     return out
 
 
-def dtpo_group_rewards(items: Sequence[dict], group_size: int, judge: CropJudge | None = None,
-                       accuracy_fn: Callable[[str, dict], dict] = accuracy_reward, **weights) -> dict[str, list[float]]:
+def dtpo_group_rewards(items: Sequence[dict], groups: int | torch.Tensor | Sequence[int],
+                       judge: CropJudge | None = None, accuracy_fn: Callable[[str, dict], dict] = accuracy_reward,
+                       **weights) -> dict[str, list[float]]:
     """dtpo_rewards from raw trajectories. Each item: "response" (final assistant text), "sample" (the
     reward-fn sample dict with "turns", "tool_calls", "meta"), "crops" (boxes in original pixels) and
     "image_size" (W, H) of the original image. Adds parts accuracy, format, crop_ok, area, unjudged."""
@@ -101,7 +112,7 @@ def dtpo_group_rewards(items: Sequence[dict], group_size: int, judge: CropJudge 
         ok.append(crop_ok)
         unjudged.append(float(not judged))
         area.append(crop_area_fraction(crops, it["image_size"]) if crops else 0.0)
-    out = dtpo_rewards(acc, fmt, called, ok, area, group_size, **weights)
+    out = dtpo_rewards(acc, fmt, called, ok, area, groups, **weights)
     out.update(accuracy=acc, format=fmt, tool_called=[float(c) for c in called], crop_ok=ok, area=area,
                unjudged=unjudged)
     return out

@@ -1,4 +1,4 @@
-"""Rewards for whole rollout batches: from trajectories (grouped G per prompt) to totals and parts.
+"""Rewards for whole rollout batches: from trajectories (grouped per prompt) to totals and parts.
 
 Two schemes, chosen by `reward.name` in a recipe:
 - `accuracy_format` (GRPO family): total = accuracy + format_weight * format, per trajectory;
@@ -36,14 +36,16 @@ def _safe(fn, response: str, sample: dict) -> tuple[float, dict, bool]:
     return r, parts, True
 
 
-def score_trajectories(trajs: list, group_size: int, name: str = "accuracy_format", format_weight: float = 0.5,
+def score_trajectories(trajs: list, groups, name: str = "accuracy_format", format_weight: float = 0.5,
                        **dtpo_weights) -> tuple[list[float], dict[str, list[float]]]:
-    """Totals (one per trajectory) and named parts (lists of the same length) for a rollout batch."""
+    """Totals (one per trajectory) and named parts (lists of the same length) for a rollout batch. `groups`
+    (a group size, or one group id per trajectory, e.g. `[t.group_id for t in trajs]`) matters only to the
+    per-group DTPO rewards."""
     if name == "dtpo":
         items = [{"response": t.final_text, "sample": reward_sample(t),
                   "crops": [c.box_original for c in t.tool_calls if c.valid],
                   "image_size": t.images[0].original_size} for t in trajs]
-        out = dtpo_group_rewards(items, group_size, w_fmt=format_weight, **dtpo_weights)
+        out = dtpo_group_rewards(items, groups, w_fmt=format_weight, **dtpo_weights)
         total = [o + tl for o, tl in zip(out["outcome"], out["tool"])]
         parts = {k: [float(x) for x in v] for k, v in out.items()}
         parts["reward_errors"] = [0.0] * len(trajs)

@@ -1,4 +1,4 @@
-"""The multi-turn rollout engine: B prompts x G samples through the AdaptVision crop-tool loop.
+"""The multi-turn rollout engine: prompts x their samples (`n_per_prompt`) through the AdaptVision crop-tool loop.
 
 Tool mode: the model first sees a low-resolution view; each turn generates for the trajectories still
 active, stops at `</tool_call>` or the end of the turn, parses the call, crops the original image and
@@ -132,33 +132,40 @@ class RolloutEngine:
     # ------------------------------------------------------------------ rollouts
 
     @torch.no_grad()
-    def rollout(self, samples: list, group_size: int = 1, generator: torch.Generator | None = None,
-                prompts: list | None = None) -> list[Trajectory]:
-        """G trajectories per sample, prompt-major (sample 0's G, then sample 1's, ...).
+    def rollout(self, samples: list, n_per_prompt: int | list[int] = 1, generator: torch.Generator | None = None,
+                prompts: list | None = None, first_group_id: int = 0) -> list[Trajectory]:
+        """`n_per_prompt[i]` trajectories for sample i (an int: that many for every sample), prompt-major
+        (sample 0's, then sample 1's, ...). Sample i's trajectories form group `first_group_id + i`.
         `prompts`: the samples' `build_prompt` results when the caller already built them."""
         cfg = self.cfg
+        counts = [n_per_prompt] * len(samples) if isinstance(n_per_prompt, int) else list(n_per_prompt)
+        if len(counts) != len(samples):
+            raise ValueError(f"n_per_prompt has {len(counts)} entries for {len(samples)} samples")
+        bad = [i for i, n in enumerate(counts) if not isinstance(n, int) or isinstance(n, bool) or n < 1]
+        if bad:
+            raise ValueError(f"n_per_prompt[{bad[0]}] must be an integer >= 1, got {counts[bad[0]]!r}")
         if generator is None:
             generator = torch.Generator().manual_seed(cfg.seed)
         if prompts is None:
             prompts = [self.build_prompt(s, i) for i, s in enumerate(samples)]
         trajs: list[Trajectory] = []
-        for i, (s, (seq, imgs)) in enumerate(zip(samples, prompts)):
+        for i, (s, (seq, imgs), n) in enumerate(zip(samples, prompts, counts)):
             vision = [self.codec.vision(im) for im in seq.images]
-            for g in range(group_size):
+            for g in range(n):
                 trajs.append(Trajectory(
                     prompt_index=i, sample_index=g, sample_id=str(getattr(s, "id", i)), question=s.question,
                     answer=str(s.answer), answer_type=s.answer_type, ids=list(seq.ids),
                     response_mask=[0] * len(seq.ids), turn_ids=[-1] * len(seq.ids), logprobs=[0.0] * len(seq.ids),
                     prompt_len=len(seq.ids), images=[TrajImage(**{**im.__dict__}) for im in imgs],
                     mode=cfg.mode, choices=getattr(s, "choices", None), meta=dict(getattr(s, "meta", {}) or {}),
-                    vision=list(vision)))
+                    group_id=first_group_id + i, vision=list(vision)))
         stops = ("</tool_call>",) if cfg.mode == "tool" else ()
         active = list(range(len(trajs)))
         for turn in range(cfg.max_turns if cfg.mode == "tool" else 1):
             if not active:
                 break
             if turn == 0:
-                gens = self._first_turn([p[0] for p in prompts], group_size, stops, generator,
+                gens = self._first_turn([p[0] for p in prompts], counts, stops, generator,
                                          [s.question for s in samples])
             else:
                 # each trajectory's whole history (the images it has seen, in order, are its TrajImages')
@@ -174,11 +181,11 @@ class RolloutEngine:
             t.visual_tokens = sum(im.visual_tokens for im in t.images)
         return trajs
 
-    def _first_turn(self, seqs: list[Prompt], group_size: int, stops, generator, questions: list[str]):
-        """G samples per prompt, each starting with `first_turn_prefix` when one is set (its `{question}`, if
-        any, replaced by the sample's question): the forced tokens are part of the turn (log-prob 0.0), so its
-        text, and a tool call in it, is what gets parsed; the prompt sampled from ends with them. A prefix that
-        already holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
+    def _first_turn(self, seqs: list[Prompt], counts: list[int], stops, generator, questions: list[str]):
+        """`counts[i]` samples of prompt i, each starting with `first_turn_prefix` when one is set (its
+        `{question}`, if any, replaced by the sample's question): the forced tokens are part of the turn
+        (log-prob 0.0), so its text, and a tool call in it, is what gets parsed; the prompt sampled from ends
+        with them. A prefix that already holds a stop string (a whole `<tool_call>...</tool_call>`) is the turn."""
         cfg = self.cfg
         texts = [cfg.first_turn_prefix.replace("{question}", (q or "").strip()) for q in questions]
         cuts = [min((p.index(s) + len(s) for s in stops if s in p), default=None) for p in texts]
@@ -187,15 +194,16 @@ class RolloutEngine:
             texts = [p[:c] for p, c in zip(texts, cuts)]
         encoded = {p: self._encode(p) if p else [] for p in set(texts)}  # one prefix text: encoded once
         forced = [encoded[p] for p in texts]
+        owner = [i for i, n in enumerate(counts) for _ in range(n)]  # the prompt of each generation
         if whole_turn:
-            return [Generation(list(f), [0.0] * len(f), "stop") for f in forced for _ in range(group_size)]
+            return [Generation(list(forced[i]), [0.0] * len(forced[i]), "stop") for i in owner]
         seqs = [Prompt(list(s.ids) + f, s.images) for s, f in zip(seqs, forced)]
         budget = [max(1, min(cfg.max_new_tokens - len(f), cfg.max_total_tokens - len(s.ids))) for s, f in zip(seqs, forced)]
         gens = self.sampler.generate(seqs, SamplingParams(
-            max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, stop_strings=stops, n=group_size,
+            max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, stop_strings=stops, n=counts,
             generator=generator))
-        return [Generation(forced[i // group_size] + g.ids, [0.0] * len(forced[i // group_size]) + g.logprobs,
-                           g.finish) if forced[i // group_size] else g for i, g in enumerate(gens)]
+        return [Generation(forced[i] + g.ids, [0.0] * len(forced[i]) + g.logprobs, g.finish)
+                if forced[i] else g for i, g in zip(owner, gens)]
 
     def _generate_each(self, seqs: list[Prompt], stops, generator):
         """Later turns: each trajectory has its own history; cap new tokens by its remaining length."""

@@ -2,9 +2,10 @@
 
 Per token: `ids`, `response_mask` (1 exactly on policy-sampled tokens), `turn_ids` (-1 on the prompt;
 k on assistant turn k and on the tool observation that answers turn k) and `logprobs` (the sampling-time
-log-probs of policy tokens, 0 elsewhere). Per trajectory: the assistant turns' texts, every image with its
-seen size (and, for crops, the box in seen and original coordinates), every tool call, the finish reason
-("answered", "max_turns", "length", "error") and the visual-token count.
+log-probs of policy tokens, 0 elsewhere). Per trajectory: its group id (the samples of one prompt
+occurrence share it; group statistics such as advantages are taken per id), the assistant turns' texts,
+every image with its seen size (and, for crops, the box in seen and original coordinates), every tool call,
+the finish reason ("answered", "max_turns", "length", "error") and the visual-token count.
 
 `save_traces(path, trajs)` writes one JSON line per trajectory and the images as PNG files in
 `<path stem>_images/` beside it; `load_traces(path)` reads them back (images lazily, as paths).
@@ -48,8 +49,8 @@ class ToolCallRecord:
 
 @dataclass
 class Trajectory:
-    prompt_index: int  # which prompt of the batch
-    sample_index: int  # which of the G samples of that prompt
+    prompt_index: int  # which prompt of the rollout call
+    sample_index: int  # which of the samples of that prompt
     sample_id: str
     question: str
     answer: str
@@ -67,6 +68,7 @@ class Trajectory:
     mode: str = "tool"
     choices: list[str] | None = None
     meta: dict = field(default_factory=dict)
+    group_id: int = -1  # the group (one prompt occurrence) it belongs to, unique within a training step; -1 unknown
     rewards: dict = field(default_factory=dict)  # filled by the trainer / eval: total and parts
     token_stats: dict = field(default_factory=dict)  # optional per-token arrays (advantage, perception_kl)
     vision: list = field(default_factory=list, repr=False, compare=False)  # VisionInputs, in sequence order

@@ -165,7 +165,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
             continue
         batch_texts[:] = part_texts
         scripted.start(len(part))
-        trajs += engine.rollout(part, group_size=1)
+        trajs += engine.rollout(part, n_per_prompt=1)
     return trajs, skipped
 
 
@@ -174,7 +174,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
 def sft_loss(policy, trajs) -> tuple[torch.Tensor, int]:
     """Mean NLL over response tokens of a batch of trajectories; also the token count."""
     from vlmrl.models.codec import Seq
-    from vlmrl.train.trainer import left_pad
+    from vlmrl.train.batch import left_pad
 
     seqs = [Seq(list(t.ids), list(t.vision)) for t in trajs]
     mask = left_pad([t.response_mask for t in trajs]).to(policy.device)
@@ -204,7 +204,7 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     from vlmrl.models.policy import Policy
     from vlmrl.train.checkpoint import _save_pretrained_quietly
     from vlmrl.train.metrics import progress
-    from vlmrl.train.trainer import check_schedule, make_scheduler
+    from vlmrl.train.schedule import check_schedule, make_scheduler
 
     s = cfg.sft
     if s.steps < 1 or s.batch_size < 1:
