@@ -200,8 +200,8 @@ class RolloutEngine:
         seqs = [Prompt(list(s.ids) + f, s.images) for s, f in zip(seqs, forced)]
         budget = [max(1, min(cfg.max_new_tokens - len(f), cfg.max_total_tokens - len(s.ids))) for s, f in zip(seqs, forced)]
         gens = self.sampler.generate(seqs, SamplingParams(
-            max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, stop_strings=stops, n=counts,
-            generator=generator))
+            max_new_tokens=budget, temperature=cfg.temperature, top_p=cfg.top_p, stop_strings=stops,
+            n=counts[0] if len(set(counts)) == 1 else counts, generator=generator))
         return [Generation(forced[i] + g.ids, [0.0] * len(forced[i]) + g.logprobs, g.finish)
                 if forced[i] else g for i, g in zip(owner, gens)]
 
