@@ -13,13 +13,10 @@ A per-trajectory reward function has the signature ``fn(response: str, sample: d
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import numbers
-import os
-import sys
 from typing import Callable, Union
 
+from vlmrl.loading import load_object
 from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.format import format_reward
 
@@ -45,35 +42,8 @@ def available_rewards() -> list[str]:
 
 def load_reward_fn(spec: str) -> RewardFn:
     """Load ``module:function`` or ``path/to/file.py:function``; clear errors for a missing file,
-    module or function, or a non-callable attribute."""
-    target, sep, fn_name = spec.rpartition(":")
-    if not sep or not target or not fn_name:
-        raise ValueError(f"reward spec {spec!r} must look like 'module:function' or 'path/to/file.py:function'")
-    if target.endswith(".py") or os.sep in target or "/" in target:
-        path = os.path.abspath(target)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"reward spec {spec!r}: file not found: {path}")
-        mod_name = f"vlmrl_user_reward_{abs(hash(path))}"
-        file_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(file_spec)
-        sys.modules[mod_name] = module
-        try:
-            file_spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[mod_name]
-            raise ImportError(f"reward spec {spec!r}: error while running {path}: {e!r}") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as e:
-            raise ImportError(f"reward spec {spec!r}: cannot import module {target!r}: {e}") from e
-    if not hasattr(module, fn_name):
-        public = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
-        raise AttributeError(f"reward spec {spec!r}: {target!r} has no function {fn_name!r} (callables: {public})")
-    fn = getattr(module, fn_name)
-    if not callable(fn):
-        raise TypeError(f"reward spec {spec!r}: {fn_name!r} is a {type(fn).__name__}, not callable")
-    return fn
+    module or function, or a non-callable attribute (vlmrl.loading.load_object)."""
+    return load_object(spec, "reward", "function")
 
 
 def get_reward(name: str) -> RewardFn:

@@ -101,7 +101,7 @@ def seen_box(gt_box, original_size: tuple[int, int], seen_size: tuple[int, int],
 
 def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) -> list[str]:
     """The scripted assistant turns of one sample: [tool call, answer] or [answer]."""
-    from vlmrl.rollout import tool as crop_tool
+    from vlmrl.rollout.tools import default_convention, first_view
 
     answer = str(sample.answer)
     box = _union((getattr(sample, "meta", None) or {}).get("gt_boxes"))
@@ -109,8 +109,8 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
         return [restate(DIRECT, sample.question, cfg).format(answer=answer)]
     r = cfg.rollout
     image = sample.images[0]
-    view = crop_tool.first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
-    convention = r.coord_convention or crop_tool.default_convention(family)
+    view = first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
+    convention = r.coord_convention or default_convention(family)
     bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid",
                     snap=factor if cfg.sft.box == "snap" else 0)
     call = json.dumps({"name": r.tool_name, "arguments": {"bbox_2d": bbox}})
