@@ -58,7 +58,7 @@ def trained(assets):
 
 
 def test_demonstrations(assets, tiny_policies):
-    from vlmrl.rollout.tool import box_coverage, parse_tool_call
+    from vlmrl.rollout import box_coverage, make_tool
     from vlmrl.train.sft import build_demos
 
     cfg = _cfg(assets, assets["root"] / "unused")
@@ -71,7 +71,7 @@ def test_demonstrations(assets, tiny_policies):
     assert not skipped and len(trajs) == 4
     for t, s in zip(trajs[:2], zoom):
         assert len(t.turns) == 2 and t.finish_reason == "answered"
-        call = parse_tool_call(t.turns[0], cfg.rollout.tool_name)
+        call = make_tool(cfg.rollout.tool, cfg.rollout.tool_name).read(t.turns[0])
         assert call is not None and call.ok
         rec = t.tool_calls[0]
         assert rec.valid, rec.error
