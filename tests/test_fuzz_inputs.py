@@ -2,7 +2,7 @@
 
 Each property: only the documented outcome or error type, never another exception, never an invalid box,
 never a reward or score outside its range, never a silently lost row. The tool-call parser, map_box and the
-benchmark scorers have their own property tests (tests/test_tool_props.py, tests/test_scorers_property.py);
+benchmark scorers have their own property tests (tests/test_tools_props.py, tests/test_scorers_property.py);
 this file adds the crop tool end to end, answer extraction, the training rewards, recipes, dataset files and
 image bytes. FUZZ_EXAMPLES=2000 for a longer run.
 """

@@ -1,9 +1,11 @@
 """The multi-turn rollout engine: B prompts x G samples through the AdaptVision crop-tool loop.
 
 Tool mode: the model first sees a low-resolution view; each turn generates for the trajectories still
-active, stops at `</tool_call>` or the end of the turn, parses the call, crops the original image and
-appends the observation turn (`<tool_response>` + crop + instruction), until an answer, the turn cap or
-the length cap. Direct mode: one turn on the full-resolution image.
+active, stops at `</tool_call>` or the end of the turn, has the recipe's tool (`rollout.tool`, the crop tool
+by default; vlmrl.rollout.tools) read and run the call, and appends its observation turn (`<tool_response>` +
+image + instruction, or an error text), until an answer, the turn cap or the length cap. The engine knows no
+tool's arguments: it hands the tool the sample's images and those seen so far (ToolContext) and records what
+the tool returns. Direct mode: one turn on the full-resolution image.
 
 Token bookkeeping is append-only: a turn's tokens are never re-rendered, so a teacher-forced pass over
 `traj.ids` reproduces the sampling-time log-probs (tests/test_rollout.py checks it).
