@@ -16,44 +16,34 @@ from __future__ import annotations
 import numbers
 from typing import Callable, Union
 
-from vlmrl.loading import load_object
+from vlmrl.loading import Registry
 from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.format import format_reward
 
 RewardFn = Callable[[str, dict], Union[float, dict]]
-_REGISTRY: dict[str, RewardFn] = {}
+REWARDS = Registry("reward", "function")  # reloads a user file on every get, as it always did
+_REGISTRY: dict[str, RewardFn] = REWARDS.entries
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering fn under name; ValueError if the name is taken by another function."""
-    def deco(fn: RewardFn) -> RewardFn:
-        if _REGISTRY.get(name, fn) is not fn:
-            raise ValueError(f"reward {name!r} is already registered ({_REGISTRY[name].__module__}."
-                             f"{_REGISTRY[name].__qualname__})")
-        _REGISTRY[name] = fn
-        return fn
-    return deco
+    return REWARDS.register(name)
 
 
 def available_rewards() -> list[str]:
     """Registered reward names."""
-    return sorted(_REGISTRY)
+    return REWARDS.names()
 
 
 def load_reward_fn(spec: str) -> RewardFn:
     """Load ``module:function`` or ``path/to/file.py:function``; clear errors for a missing file,
     module or function, or a non-callable attribute (vlmrl.loading.load_object)."""
-    return load_object(spec, "reward", "function")
+    return REWARDS.load(spec)
 
 
 def get_reward(name: str) -> RewardFn:
     """A registered reward by name, or a user function by 'module:function' / 'file.py:function'."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if ":" in name:
-        return load_reward_fn(name)
-    raise KeyError(f"unknown reward {name!r}; registered: {available_rewards()}, "
-                   "or give 'module:function' / 'path/to/file.py:function'")
+    return REWARDS.get(name)
 
 
 def call_reward(fn: RewardFn, response: str, sample: dict) -> tuple[float, dict[str, float]]:
