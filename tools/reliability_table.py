@@ -97,7 +97,7 @@ ELSEWHERE = [
      "tests/test_train.py::test_nonfinite_loss_skips_steps_then_stops"),
     ("faults", "a metrics.jsonl line half-written by a killed run", "dropped on resume; later steps are not duplicated",
      "tests/test_metrics.py::test_resume_drops_later_steps_and_partial_line"),
-    ("fuzz", "any text as a model response in parse_tool_call (text, tag soup, JSON-ish calls with NaN, bools, nesting)",
+    ("fuzz", "any text as a model response in the crop tool's call reading (parse_tool_call + bbox_2d checks: text, tag soup, JSON-ish calls with NaN, bools, nesting)",
      "a ToolCall with 4 finite floats, a ToolCallError with a message, or None; never an exception",
      "tests/test_tools_props.py::test_parse_never_raises_on_jsonish"),
     ("fuzz", "any box in map_box (any size, convention, out of range)",
