@@ -318,6 +318,10 @@ class CropTool(Tool):
     def example(self) -> str:
         return '<tool_call>{"name": "%s", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>' % self.name
 
+    def first_view_arguments(self, bbox: list[float]) -> dict:
+        """The arguments of a call cropping ``bbox`` of the first view (scripted SFT demonstrations)."""
+        return {"bbox_2d": bbox}
+
     def validate(self, arguments: dict) -> Box | ToolCallError:
         if "bbox_2d" not in arguments:
             return ToolCallError(f'Error: "arguments" has no "bbox_2d". Use: {self.example()}', "missing_bbox")

@@ -44,6 +44,9 @@ class NestedCropTool(CropTool):
         return ('<tool_call>{"name": "%s", "arguments": {"image_index": 0, "bbox_2d": [x1, y1, x2, y2]}}</tool_call>'
                 % self.name)
 
+    def first_view_arguments(self, bbox: list[float]) -> dict:
+        return {"image_index": 0, "bbox_2d": bbox}
+
     def validate(self, arguments: dict) -> tuple[int, Box] | ToolCallError:
         if "image_index" not in arguments:
             return ToolCallError(f'Error: "arguments" has no "image_index". Use: {self.example()}', "missing_index")
