@@ -2,7 +2,7 @@
 
 Each property: only the documented outcome or error type, never another exception, never an invalid box,
 never a reward or score outside its range, never a silently lost row. The tool-call parser, map_box and the
-benchmark scorers have their own property tests (tests/test_tool_props.py, tests/test_scorers_property.py);
+benchmark scorers have their own property tests (tests/test_tools_props.py, tests/test_scorers_property.py);
 this file adds the crop tool end to end, answer extraction, the training rewards, recipes, dataset files and
 image bytes. FUZZ_EXAMPLES=2000 for a longer run.
 """
@@ -32,7 +32,8 @@ from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.dtpo import dtpo_group_rewards
 from vlmrl.rewards.extract import extract_answer, extract_boxed
 from vlmrl.rewards.format import format_reward
-from vlmrl.rollout.tool import CONVENTIONS, CropResult, ToolCallError, first_view, run_crop_tool
+from vlmrl.rollout import CONVENTIONS, CropTool, Observation, ToolCallError, ToolContext, first_view
+from vlmrl.rollout.trajectory import TrajImage
 
 N = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 
@@ -74,15 +75,19 @@ def test_crop_tool_end_to_end_gives_a_valid_crop_or_an_error(text, W, H, convent
     original = Image.new("RGB", (W, H), (30, 60, 90))
     seen = first_view(original, scale, factor, 4 * factor * factor, 256 * factor * factor).size
     lo, hi = 16 * factor * factor, 64 * factor * factor
-    out = run_crop_tool(text, original, seen, convention, factor=factor, min_pixels=lo, max_pixels=hi)
-    assert out is None or isinstance(out, (ToolCallError, CropResult))
+    tool = CropTool()
+    out = tool.read(text)
+    if out is not None and out.ok:
+        context = ToolContext([original], [TrajImage("input", seen, (W, H), 1, -1)], convention, factor, lo, hi)
+        out = tool.run(out.args, context)
+    assert out is None or isinstance(out, (ToolCallError, Observation))
     if isinstance(out, ToolCallError):
         assert out.message.startswith("Error: ")
-    if isinstance(out, CropResult):
-        x1, y1, x2, y2 = out.mapped.box
+    if isinstance(out, Observation):
+        x1, y1, x2, y2 = out.image.box_original
         assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H
-        cw, ch = out.image.size
-        assert out.image.mode == "RGB" and cw % factor == 0 and ch % factor == 0
+        cw, ch = out.image.image.size
+        assert out.image.image.mode == "RGB" and cw % factor == 0 and ch % factor == 0
         assert lo <= cw * ch <= hi
 
 

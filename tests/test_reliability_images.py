@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from vlmrl.data import DataError, decode_image, fit_to_budget, load_dataset
-from vlmrl.rollout.tool import MappedBox, first_view, map_box
+from vlmrl.rollout import MappedBox, first_view, map_box
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

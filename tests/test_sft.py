@@ -58,7 +58,7 @@ def trained(assets):
 
 
 def test_demonstrations(assets, tiny_policies):
-    from vlmrl.rollout.tool import box_coverage, parse_tool_call
+    from vlmrl.rollout import box_coverage, make_tool
     from vlmrl.train.sft import build_demos
 
     cfg = _cfg(assets, assets["root"] / "unused")
@@ -71,7 +71,7 @@ def test_demonstrations(assets, tiny_policies):
     assert not skipped and len(trajs) == 4
     for t, s in zip(trajs[:2], zoom):
         assert len(t.turns) == 2 and t.finish_reason == "answered"
-        call = parse_tool_call(t.turns[0], cfg.rollout.tool_name)
+        call = make_tool(cfg.rollout.tool, cfg.rollout.tool_name).read(t.turns[0])
         assert call is not None and call.ok
         rec = t.tool_calls[0]
         assert rec.valid, rec.error
@@ -91,6 +91,23 @@ def test_demonstrations(assets, tiny_policies):
                           + ["rollout.mode=direct", "algo.name=grpo", "reward.name=accuracy_format"])):
         trajs, _ = build_demos(pol, zoom, c)
         assert all(len(t.turns) == 1 and "<answer>" in t.turns[0] for t in trajs)
+
+
+def test_demonstrations_with_the_nested_crop_tool(assets, tiny_policies, tmp_path):
+    """The demo call is the recipe's tool's (nested_crop: on image 0); a non-crop tool is refused clearly."""
+    from vlmrl.train.sft import build_demos
+
+    pol, zoom = tiny_policies["qwen2_5_vl"], [s for s in _rows(assets) if s.meta["needs_zoom"]][:1]
+    cfg = load_config(ROOT / "recipes" / "quickstart.yaml",
+                      _overrides(assets, assets["root"] / "unused") + ["rollout.tool=nested_crop", "rollout.max_turns=3"])
+    (t,), skipped = build_demos(pol, zoom, cfg)
+    assert not skipped and t.tool_calls[0].valid and t.tool_calls[0].arguments["image_index"] == 0
+    user = tmp_path / "user_tool.py"
+    user.write_text("from vlmrl.rollout.tools import Tool\n\nclass Count(Tool):\n    pass\n")
+    cfg = load_config(ROOT / "recipes" / "quickstart.yaml",
+                      _overrides(assets, assets["root"] / "unused") + [f"rollout.tool={user}:Count"])
+    with pytest.raises(ValueError, match="need a crop tool.*Count"):
+        build_demos(pol, zoom, cfg)
 
 
 def test_restate_question_opens_the_first_thought(assets, tiny_policies):

@@ -81,11 +81,17 @@ def _traj(tok, p, g, turns, *, calls=(), finish="answered", rewards=None, correc
                      "entropy": [0.5 + 0.1 * (j % 3) for j in range(n)]})
 
 
+def crop_call(turn, raw, valid, bbox=None, box_seen=None, box_original=None, error=None):
+    """A crop tool call record as the engine writes it (the crop tool's record: bbox, box_seen, box_original)."""
+    record = {k: v for k, v in (("bbox", bbox), ("box_seen", box_seen), ("box_original", box_original)) if v is not None}
+    return ToolCallRecord(turn, raw, valid, error, "crop", None, record)
+
+
 def make_group_trajs(tok):
     """Two prompts x 3 samples: valid and invalid tool calls, a direct answer, truncations, a hostile text."""
-    ok = ToolCallRecord(0, CALL % "130, 125, 200, 195", True, [130, 125, 200, 195], [130, 125, 200, 195], [260, 250, 400, 390])
-    bad = ToolCallRecord(0, CALL % "90, 10, 20, 50", False, [90, 10, 20, 50], error="x2 <= x1: the box is empty")
-    late = ToolCallRecord(1, CALL % "1, 2, 3, 4", False, error="not executed: the turn limit was reached")
+    ok = crop_call(0, CALL % "130, 125, 200, 195", True, [130, 125, 200, 195], [130, 125, 200, 195], [260, 250, 400, 390])
+    bad = crop_call(0, CALL % "90, 10, 20, 50", False, [90, 10, 20, 50], error="x2 <= x1: the box is empty")
+    late = crop_call(1, CALL % "1, 2, 3, 4", False, error="not executed: the turn limit was reached")
     r = lambda acc, fmt=1.0: {"total": acc + 0.5 * fmt, "accuracy": acc, "format": fmt}
     return [
         _traj(tok, 0, 0, [CALL % "130, 125, 200, 195", "<think>a seven</think><answer>7</answer>"], calls=[ok],
@@ -95,7 +101,7 @@ def make_group_trajs(tok):
         _traj(tok, 0, 2, ["<think>easy</think><answer>7</answer>"], rewards=r(1.0), correct=True),
         _traj(tok, 1, 0, ["<think>hmm " + "very long " * 10], finish="length", rewards=r(0.0, 0.0), correct=False),
         _traj(tok, 1, 1, [CALL % "10, 10, 90, 90", "<answer>3</answer>"], rewards=r(0.0),
-              calls=[ToolCallRecord(0, CALL % "10, 10, 90, 90", True, [10, 10, 90, 90], [10, 10, 90, 90], [20, 20, 180, 180])],
+              calls=[crop_call(0, CALL % "10, 10, 90, 90", True, [10, 10, 90, 90], [10, 10, 90, 90], [20, 20, 180, 180])],
               correct=False, crop_boxes=[[10, 10, 90, 90]]),
         _traj(tok, 1, 2, [CALL % "130, 125, 200, 195", CALL % "1, 2, 3, 4"], calls=[ok, late], finish="max_turns",
               rewards=r(0.0, 0.0), correct=False, crop_boxes=[[130, 125, 200, 195]]),
@@ -320,7 +326,7 @@ def test_diff_traces(rollout_trace, tmp_path):
     k = b_t.prompt_len + 3
     b_t.ids[k] = b_t.ids[k] + 1
     b_t.turns = [b_t.turns[0], b_t.turns[1].replace("seven", "one")]
-    b_t.tool_calls[0].box_seen = [1, 2, 3, 4]
+    b_t.tool_calls[0].record["box_seen"] = [1, 2, 3, 4]
     b_t.rewards = {**b_t.rewards, "accuracy": 0.0}
     b = save_traces(tmp_path / "b.jsonl", [b_t])
     tool = [sys.executable, str(ROOT / "tools" / "diff_traces.py")]

@@ -62,7 +62,8 @@ class RolloutSection:
     crop_min_pixels: int = 256 * 28 * 28
     crop_max_pixels: int = 1024 * 28 * 28
     coord_convention: str = ""  # "" = the model family's (absolute for Qwen2.5-VL, rel1000 otherwise)
-    tool_name: str = "crop"
+    tool: str = "crop"  # the tool of tool mode: crop | nested_crop (crop from any earlier image) | module:Class | file.py:Class
+    tool_name: str = "crop"  # the name the model writes in its calls (AdaptVision: request_local_region)
     prompt_style: str = "full"  # full | compact | minimal | bare
 
 

@@ -738,7 +738,9 @@ def _card(r: dict, store: ImageStore, has_tokens: bool, token_note: str | None) 
     if imgs:
         firsts = [im for im in imgs if im.get("kind") == "input"]
         crops = [im for im in imgs if im.get("kind") != "input"]
-        boxes = [(c.get("box_seen"), f"t{c.get('turn')}") for c in r["tool_calls"] if c.get("box_seen")]
+        # a nested_crop call's box is on the image it names (image_index): only those on the first view are drawn
+        boxes = [(c.get("box_seen"), f"t{c.get('turn')}") for c in r["tool_calls"]
+                 if c.get("box_seen") and not c.get("image_index")]
         if not boxes:
             boxes = [(c.get("box_seen"), f"t{c.get('turn')}") for c in crops if c.get("box_seen")]
         gts = (r["meta"] or {}).get("gt_boxes") or []

@@ -10,7 +10,8 @@
   a path relative to the dataset root. Paths that leave the root (``..``, absolute, a symlink that
   resolves outside) are refused.
 - :func:`check_aspect_ratio` refuses an image whose sides differ by more than 200x (no Qwen-VL takes it).
-- :func:`fit_to_budget` resizes (BICUBIC) to the ``smart_resize`` size for a family or factor.
+- :func:`fit_to_budget` resizes (BICUBIC, RGB) to the ``smart_resize`` size for a family or factor: the one
+  resizing path (data budgets, the tool mode's first view and crops).
 """
 
 from __future__ import annotations
@@ -364,10 +365,14 @@ def budget_size(width: int, height: int, family_or_factor: str | int = 28, min_p
 
 def fit_to_budget(image: Image.Image, family_or_factor: str | int = 28, min_pixels: int | None = None,
                   max_pixels: int | None = None, resample: int = Image.BICUBIC) -> Image.Image:
-    """Resize ``image`` (BICUBIC) to its smart_resize size: both sides multiples of the factor (28 for
+    """Resize ``image`` (BICUBIC, RGB) to its smart_resize size: both sides multiples of the factor (28 for
     Qwen2/2.5-VL, 32 for Qwen3-VL; pass the family name or the number), pixel count within
-    [min_pixels, max_pixels]. Returns the image itself when it already has that size."""
+    [min_pixels, max_pixels]. The one resizing path for vision-tower inputs: dataset images, the tool
+    mode's first view and crops (vlmrl/rollout/tools/crop.py) all come through here. Returns the image
+    itself when it is RGB and already has that size."""
     w, h = budget_size(image.width, image.height, family_or_factor, min_pixels, max_pixels)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     if (w, h) == image.size:
         return image
     return image.resize((w, h), resample)

@@ -134,19 +134,27 @@ def tools_block(schemas: list[dict], style: str = "full") -> str:
     return f"{_TOOLS_HEADER}\n{lines}\n{_TOOLS_FOOTER}"
 
 
+def crop_tool_line(name: str = DEFAULT_TOOL_NAME, coords: str = "absolute") -> str:
+    """The crop tool declared by one example call (the "minimal" style's system prompt)."""
+    _check("minimal", coords)
+    call = '{"name": "%s", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}' % name
+    return f"Zoom tool, box in {_COORD_SHORT[coords]}: <tool_call>{call}</tool_call>"
+
+
 def tool_system_prompt(tool_name: str = DEFAULT_TOOL_NAME, coords: str = "absolute", style: str = "full",
-                       system: str | None = None) -> str:
-    """System prompt of the tool mode: ``system`` (default per style) + the tool block."""
+                       system: str | None = None, schema: dict | None = None, line: str | None = None) -> str:
+    """System prompt of the tool mode: ``system`` (default per style) + the tool block. ``schema`` (the
+    tool's JSON schema) and ``line`` (its one-line declaration for the minimal style) come from the tool
+    (vlmrl.rollout.tools: ``Tool.schema`` / ``Tool.short_prompt``); None: the crop tool's."""
     if style == "bare":
         _check(style, coords)
         return system or ""
     if style == "minimal":
         _check(style, coords)
-        call = '{"name": "%s", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}' % tool_name
-        return (f"{system + chr(10) if system else ''}Zoom tool, box in {_COORD_SHORT[coords]}: "
-                f"<tool_call>{call}</tool_call>")
+        line = crop_tool_line(tool_name, coords) if line is None else line
+        return f"{system + chr(10) if system else ''}{line}"
     base = system if system is not None else (DEFAULT_SYSTEM if style == "full" else COMPACT_SYSTEM)
-    block = tools_block([crop_tool_schema(tool_name, coords, style)], style)
+    block = tools_block([crop_tool_schema(tool_name, coords, style) if schema is None else schema], style)
     return f"{base}\n\n{block}" if base else block
 
 
@@ -236,12 +244,14 @@ def direct_messages(sample: Sample | None = None, *, question: str | None = None
 def tool_messages(sample: Sample | None = None, *, question: str | None = None, choices: list[str] | None = None,
                   answer_type: str | None = None, num_images: int | None = None, images=None,
                   style: str = "full", tool_name: str = DEFAULT_TOOL_NAME, coords: str = "absolute",
-                  system: str | None = None, include_images: bool = False) -> list[dict]:
-    """Messages for the crop-tool mode: the tool declared in the system turn, then the user turn."""
+                  system: str | None = None, include_images: bool = False, schema: dict | None = None,
+                  line: str | None = None) -> list[dict]:
+    """Messages for the tool mode: the tool declared in the system turn (``schema``/``line``: see
+    :func:`tool_system_prompt`; None: the crop tool), then the user turn."""
     _check(style, coords)
     question, choices, answer_type, num_images, images = _fields(sample, question, choices, answer_type,
                                                                  num_images, images)
-    sys_text = tool_system_prompt(tool_name, coords, style, system)
+    sys_text = tool_system_prompt(tool_name, coords, style, system, schema, line)
     text = question_text(question, choices)
     if style not in ("minimal", "bare"):
         text += f"\n{tool_instruction(tool_name, answer_type, style)}"

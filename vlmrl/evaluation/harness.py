@@ -94,11 +94,13 @@ def benchmark_messages(sample, cfg, family: str) -> list[dict]:
     """The task's prompt text as the user turn (images first); in tool mode the crop tool declared in
     the system turn, as the rollout engine's default does."""
     from vlmrl.data.prompts import COMPACT_SYSTEM, DEFAULT_SYSTEM, _user_turn, tool_system_prompt
-    from vlmrl.rollout import tool as crop_tool
+    from vlmrl.rollout.tools import default_convention, make_tool
 
     if cfg.mode == "tool":
-        convention = cfg.coord_convention or crop_tool.default_convention(family)
-        system = tool_system_prompt(cfg.tool_name, _COORDS.get(convention, convention), cfg.prompt_style)
+        convention = cfg.coord_convention or default_convention(family)
+        coords, tool = _COORDS.get(convention, convention), make_tool(cfg.tool, cfg.tool_name)
+        system = tool_system_prompt(cfg.tool_name, coords, cfg.prompt_style, schema=tool.schema(coords, cfg.prompt_style),
+                                    line=tool.short_prompt(coords))
     else:
         system = DEFAULT_SYSTEM if cfg.prompt_style == "full" else COMPACT_SYSTEM
     return [{"role": "system", "content": system}, _user_turn(sample.question, len(sample.images), None, False)]

@@ -18,6 +18,7 @@ import torch
 from vlmrl.algos.groups import group_members
 from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.format import format_reward
+from vlmrl.rollout.tools.crop import box_coverage  # area(crop ∩ gt) / area(gt); 0 for a gt box without area
 
 Box = Sequence[float]
 CropJudge = Callable[[dict, list], "float | bool | None"]  # (sample, crops) -> crop_ok, None = unjudged
@@ -26,13 +27,6 @@ CropJudge = Callable[[dict, list], "float | bool | None"]  # (sample, crops) -> 
 def box_area(box: Box) -> float:
     """Area of an (x1, y1, x2, y2) box; 0 when degenerate."""
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def box_coverage(crop: Box, gt: Box) -> float:
-    """area(crop ∩ gt) / area(gt); 0 for an empty gt box."""
-    inter = (max(crop[0], gt[0]), max(crop[1], gt[1]), min(crop[2], gt[2]), min(crop[3], gt[3]))
-    gt_area = box_area(gt)
-    return box_area(inter) / gt_area if gt_area > 0 else 0.0
 
 
 def crop_coverage(crops: Sequence[Box], gt_boxes: Sequence[Box]) -> float:

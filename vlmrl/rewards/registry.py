@@ -13,77 +13,37 @@ A per-trajectory reward function has the signature ``fn(response: str, sample: d
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import numbers
-import os
-import sys
 from typing import Callable, Union
 
+from vlmrl.loading import Registry
 from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.format import format_reward
 
 RewardFn = Callable[[str, dict], Union[float, dict]]
-_REGISTRY: dict[str, RewardFn] = {}
+REWARDS = Registry("reward", "function")  # reloads a user file on every get, as it always did
+_REGISTRY: dict[str, RewardFn] = REWARDS.entries
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering fn under name; ValueError if the name is taken by another function."""
-    def deco(fn: RewardFn) -> RewardFn:
-        if _REGISTRY.get(name, fn) is not fn:
-            raise ValueError(f"reward {name!r} is already registered ({_REGISTRY[name].__module__}."
-                             f"{_REGISTRY[name].__qualname__})")
-        _REGISTRY[name] = fn
-        return fn
-    return deco
+    return REWARDS.register(name)
 
 
 def available_rewards() -> list[str]:
     """Registered reward names."""
-    return sorted(_REGISTRY)
+    return REWARDS.names()
 
 
 def load_reward_fn(spec: str) -> RewardFn:
     """Load ``module:function`` or ``path/to/file.py:function``; clear errors for a missing file,
-    module or function, or a non-callable attribute."""
-    target, sep, fn_name = spec.rpartition(":")
-    if not sep or not target or not fn_name:
-        raise ValueError(f"reward spec {spec!r} must look like 'module:function' or 'path/to/file.py:function'")
-    if target.endswith(".py") or os.sep in target or "/" in target:
-        path = os.path.abspath(target)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"reward spec {spec!r}: file not found: {path}")
-        mod_name = f"vlmrl_user_reward_{abs(hash(path))}"
-        file_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(file_spec)
-        sys.modules[mod_name] = module
-        try:
-            file_spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[mod_name]
-            raise ImportError(f"reward spec {spec!r}: error while running {path}: {e!r}") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as e:
-            raise ImportError(f"reward spec {spec!r}: cannot import module {target!r}: {e}") from e
-    if not hasattr(module, fn_name):
-        public = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
-        raise AttributeError(f"reward spec {spec!r}: {target!r} has no function {fn_name!r} (callables: {public})")
-    fn = getattr(module, fn_name)
-    if not callable(fn):
-        raise TypeError(f"reward spec {spec!r}: {fn_name!r} is a {type(fn).__name__}, not callable")
-    return fn
+    module or function, or a non-callable attribute (vlmrl.loading.load_object)."""
+    return REWARDS.load(spec)
 
 
 def get_reward(name: str) -> RewardFn:
     """A registered reward by name, or a user function by 'module:function' / 'file.py:function'."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if ":" in name:
-        return load_reward_fn(name)
-    raise KeyError(f"unknown reward {name!r}; registered: {available_rewards()}, "
-                   "or give 'module:function' / 'path/to/file.py:function'")
+    return REWARDS.get(name)
 
 
 def call_reward(fn: RewardFn, response: str, sample: dict) -> tuple[float, dict[str, float]]:

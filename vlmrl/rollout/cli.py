@@ -26,9 +26,11 @@ def describe(t: Trajectory) -> str:
         c = calls.get(k)
         if c is None:
             continue
-        if c.valid:
+        if c.valid and c.box_seen is not None:
             lines.append(f"    tool call ok: bbox {c.bbox} -> seen {[round(x, 1) for x in c.box_seen]} "
                          f"-> original {c.box_original}")
+        elif c.valid:
+            lines.append(f"    tool call ok: {c.name} {c.arguments} -> {c.record}")
         else:
             lines.append(f"    tool call rejected: {c.error}")
     if t.rewards:

@@ -1,9 +1,11 @@
 """The multi-turn rollout engine: prompts x their samples (`n_per_prompt`) through the AdaptVision crop-tool loop.
 
 Tool mode: the model first sees a low-resolution view; each turn generates for the trajectories still
-active, stops at `</tool_call>` or the end of the turn, parses the call, crops the original image and
-appends the observation turn (`<tool_response>` + crop + instruction), until an answer, the turn cap or
-the length cap. Direct mode: one turn on the full-resolution image.
+active, stops at `</tool_call>` or the end of the turn, has the recipe's tool (`rollout.tool`, the crop tool
+by default; vlmrl.rollout.tools) read and run the call, and appends its observation turn (`<tool_response>` +
+image + instruction, or an error text), until an answer, the turn cap or the length cap. The engine knows no
+tool's arguments: it hands the tool the sample's images and those seen so far (ToolContext) and records what
+the tool returns. Direct mode: one turn on the full-resolution image.
 
 Token bookkeeping is append-only: a turn's tokens are never re-rendered, so a teacher-forced pass over
 `traj.ids` reproduces the sampling-time log-probs (tests/test_rollout.py checks it).
@@ -26,7 +28,10 @@ import torch
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Generation, Prompt, Sampler, SamplingParams
-from vlmrl.rollout import tool as crop_tool
+from vlmrl.rollout.tools import crop as crop_tool
+from vlmrl.rollout.tools.base import ToolCallError, ToolContext
+from vlmrl.rollout.tools.coords import default_convention
+from vlmrl.rollout.tools.registry import DEFAULT_TOOL, get_tool, make_tool
 from vlmrl.rollout.trajectory import ToolCallRecord, TrajImage, Trajectory
 
 
@@ -46,7 +51,8 @@ class RolloutConfig:
     crop_min_pixels: int = crop_tool.CROP_MIN_PIXELS
     crop_max_pixels: int = crop_tool.CROP_MAX_PIXELS
     coord_convention: str | None = None  # None: the family's (absolute for Qwen2.5-VL, 0-1000 otherwise)
-    tool_name: str = crop_tool.DEFAULT_TOOL_NAME
+    tool: str = DEFAULT_TOOL  # the tool run in tool mode: a registered name or module:Class / path/to/file.py:Class
+    tool_name: str = crop_tool.DEFAULT_TOOL_NAME  # the name the model writes in its calls
     prompt_style: str = "full"  # "full", "compact", "minimal" or "bare" prompt templates
     seed: int = 0
     first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
@@ -61,6 +67,7 @@ class RolloutConfig:
             lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
             if hi < lo:
                 raise ValueError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
+        get_tool(self.tool)  # an unknown tool or a broken user file fails here, not at the first call
 
 
 class PromptTooLong(ValueError):
@@ -72,9 +79,11 @@ def _default_messages(sample, cfg: RolloutConfig, family: str) -> list[dict]:
 
     if cfg.mode == "direct":
         return build_messages(sample, mode="direct", style=cfg.prompt_style)
-    convention = cfg.coord_convention or crop_tool.default_convention(family)
+    convention = cfg.coord_convention or default_convention(family)
     coords = {"rel1000": "relative1000", "rel1": "relative1"}.get(convention, convention)
-    return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=cfg.tool_name, coords=coords)
+    tool = make_tool(cfg.tool, cfg.tool_name)
+    return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=cfg.tool_name, coords=coords,
+                          schema=tool.schema(coords, cfg.prompt_style), line=tool.short_prompt(coords))
 
 
 class RolloutEngine:
@@ -91,7 +100,8 @@ class RolloutEngine:
         tok = policy.tokenizer
         self._im_end = tok.convert_tokens_to_ids("<|im_end|>")
         self._encode = lambda s: tok.encode(s, add_special_tokens=False)
-        self.convention = self.cfg.coord_convention or crop_tool.default_convention(policy.family)
+        self.convention = self.cfg.coord_convention or default_convention(policy.family)
+        self.tool = make_tool(self.cfg.tool, self.cfg.tool_name)
 
     # ------------------------------------------------------------------ prompts
 
@@ -228,13 +238,14 @@ class RolloutEngine:
         if gen.finish != "stop":
             t.finish_reason = "length"
             return False
-        call = crop_tool.parse_tool_call(text, cfg.tool_name) if cfg.mode == "tool" else None
+        call = self.tool.read(text) if cfg.mode == "tool" else None
         if call is None:
             t.finish_reason = "answered"
             return False
         if turn + 1 >= cfg.max_turns:
             t.tool_calls.append(ToolCallRecord(turn, getattr(call, "raw", text), False,
-                                               error="not executed: the turn limit was reached"))
+                                               error="not executed: the turn limit was reached", name=self.tool.name,
+                                               arguments=getattr(call, "arguments", None)))
             t.finish_reason = "max_turns"
             return False
         observation, image = self._run_tool(t, sample, call, turn)
@@ -258,21 +269,23 @@ class RolloutEngine:
         return True
 
     def _run_tool(self, t: Trajectory, sample, call, turn: int):
-        """Execute a parsed call on the sample's first image; returns (observation text, crop or None)."""
-        cfg, pol = self.cfg, self.policy
-        if isinstance(call, crop_tool.ToolCallError):
-            t.tool_calls.append(ToolCallRecord(turn, call.raw or "", False, error=call.message))
-            return crop_tool.observation_text(ok=False, error=call), None
-        view = t.images[0]
-        mapped = crop_tool.map_box(call.bbox, view.seen_size, view.original_size, self.convention)
-        if isinstance(mapped, crop_tool.ToolCallError):
-            t.tool_calls.append(ToolCallRecord(turn, call.raw, False, bbox=list(call.bbox), error=mapped.message))
-            return crop_tool.observation_text(ok=False, error=mapped), None
-        crop = crop_tool.crop_image(sample.images[0], mapped, pol.factor, cfg.crop_min_pixels, cfg.crop_max_pixels)
-        t.tool_calls.append(ToolCallRecord(turn, call.raw, True, bbox=list(call.bbox), box_seen=list(mapped.seen_box),
-                                           box_original=list(mapped.box)))
-        n = (crop.size[0] // pol.factor) * (crop.size[1] // pol.factor)
-        t.images.append(TrajImage("crop", crop.size, sample.images[0].size, n, turn, list(mapped.seen_box),
-                                  list(mapped.box), image=crop))
-        return crop_tool.observation_text(ok=True), crop
-
+        """Run a read call with the recipe's tool; records it and returns (observation, its image or None)."""
+        cfg, pol, tool = self.cfg, self.policy, self.tool
+        out = call
+        if not isinstance(call, ToolCallError):
+            context = ToolContext(sample.images, t.images, self.convention, pol.factor, cfg.crop_min_pixels,
+                                  cfg.crop_max_pixels, turn)
+            out = tool.run(call.args, context)
+        arguments = getattr(call, "arguments", None)
+        if isinstance(out, ToolCallError):
+            t.tool_calls.append(ToolCallRecord(turn, call.raw or "", False, out.message, tool.name, arguments,
+                                               dict(out.record)))
+            return tool.error_observation(out), None
+        t.tool_calls.append(ToolCallRecord(turn, call.raw, True, None, tool.name, arguments, dict(out.record)))
+        if out.image is None:
+            return out, None
+        shown = out.image
+        n = (shown.image.size[0] // pol.factor) * (shown.image.size[1] // pol.factor)
+        t.images.append(TrajImage(shown.kind, shown.image.size, sample.images[shown.source].size, n, turn,
+                                  shown.box_seen, shown.box_original, image=shown.image))
+        return out, shown.image

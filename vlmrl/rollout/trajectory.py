@@ -38,13 +38,50 @@ class TrajImage:
 
 @dataclass
 class ToolCallRecord:
+    """One tool call: the turn it ends, its raw ``<tool_call>`` block, whether it ran, the error the model
+    was shown, the tool's name, the ``arguments`` object as written, and the tool's own ``record``
+    (the crop tools': bbox as written, box_seen, box_original; vlmrl.rollout.tools)."""
+
     turn: int
     raw: str
     valid: bool
-    bbox: list[float] | None = None  # as the model wrote it
-    box_seen: list[float] | None = None  # after convention, clamp and expansion
-    box_original: list[int] | None = None
     error: str | None = None
+    name: str | None = None
+    arguments: dict | None = None
+    record: dict = field(default_factory=dict)
+
+    FIELDS = ("turn", "raw", "valid", "error", "name", "arguments")
+
+    def __post_init__(self):
+        clash = sorted(set(self.record) & set(self.FIELDS))
+        if clash:
+            raise ValueError(f"tool record keys {clash} clash with the tool-call fields {list(self.FIELDS)}")
+
+    @property
+    def bbox(self) -> list[float] | None:
+        """The crop tools' box as the model wrote it (None for other tools and unparsed calls)."""
+        return self.record.get("bbox")
+
+    @property
+    def box_seen(self) -> list[float] | None:
+        """The crop tools' box in seen-image pixels, after convention, clamp and expansion."""
+        return self.record.get("box_seen")
+
+    @property
+    def box_original(self) -> list[int] | None:
+        """The crop tools' box in original-image pixels (DTPO's crop rewards use it)."""
+        return self.record.get("box_original")
+
+    def to_json(self) -> dict:
+        """The trace form: the fixed fields, then the tool's record entries at the same level (so a crop call
+        keeps the ``bbox``/``box_seen``/``box_original`` keys that traces always had)."""
+        return {**{k: getattr(self, k) for k in self.FIELDS}, **self.record}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ToolCallRecord":
+        """Read a trace's tool call, new or old (old ones have only turn, raw, valid, bbox, box_seen,
+        box_original, error): every key that is not a fixed field is the tool's record."""
+        return cls(**{k: d[k] for k in cls.FIELDS if k in d}, record={k: v for k, v in d.items() if k not in cls.FIELDS})
 
 
 @dataclass
@@ -90,13 +127,14 @@ class Trajectory:
         d.pop("vision")
         for im in d["images"]:
             im.pop("image", None)
+        d["tool_calls"] = [c.to_json() for c in self.tool_calls]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Trajectory":
         d = dict(d)
         d["images"] = [TrajImage(**{k: v for k, v in im.items()}) for im in d.get("images", [])]
-        d["tool_calls"] = [ToolCallRecord(**c) for c in d.get("tool_calls", [])]
+        d["tool_calls"] = [ToolCallRecord.from_json(c) for c in d.get("tool_calls", [])]
         for im in d["images"]:
             im.seen_size, im.original_size = tuple(im.seen_size), tuple(im.original_size)
         return cls(**d)

@@ -101,20 +101,33 @@ def seen_box(gt_box, original_size: tuple[int, int], seen_size: tuple[int, int],
 
 def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) -> list[str]:
     """The scripted assistant turns of one sample: [tool call, answer] or [answer]."""
-    from vlmrl.rollout import tool as crop_tool
+    from vlmrl.rollout.tools import default_convention, first_view
 
     answer = str(sample.answer)
     box = _union((getattr(sample, "meta", None) or {}).get("gt_boxes"))
     if not (use_tool and cfg.rollout.mode == "tool" and box is not None and sample.images):
         return [restate(DIRECT, sample.question, cfg).format(answer=answer)]
     r = cfg.rollout
+    tool = demo_tool(cfg)
     image = sample.images[0]
-    view = crop_tool.first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
-    convention = r.coord_convention or crop_tool.default_convention(family)
+    view = first_view(image, r.first_view_scale, factor, r.first_view_min_pixels, r.first_view_max_pixels)
+    convention = r.coord_convention or default_convention(family)
     bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid",
                     snap=factor if cfg.sft.box == "snap" else 0)
-    call = json.dumps({"name": r.tool_name, "arguments": {"bbox_2d": bbox}})
+    call = json.dumps({"name": r.tool_name, "arguments": tool.first_view_arguments(bbox)})
     return [f"{restate(CROP_THINK, sample.question, cfg)}<tool_call>{call}</tool_call>", AFTER_CROP.format(answer=answer)]
+
+
+def demo_tool(cfg: Config):
+    """The recipe's tool, which must be a crop tool (crop or nested_crop) for crop demonstrations."""
+    from vlmrl.rollout.tools import CropTool, make_tool
+
+    tool = make_tool(cfg.rollout.tool, cfg.rollout.tool_name)
+    if not isinstance(tool, CropTool):
+        raise ValueError(f"SFT crop demonstrations need a crop tool; rollout.tool={cfg.rollout.tool!r} is "
+                         f"{type(tool).__name__} (sft.tool_fraction=0 and sft.tool_fraction_no_zoom=0 give direct "
+                         "demonstrations only)")
+    return tool
 
 
 def restate(script: str, question: str, cfg: Config) -> str:
@@ -134,6 +147,8 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
     from vlmrl.rollout.scripted import ScriptedSampler
     from vlmrl.train.trainer import rollout_config
 
+    if cfg.rollout.mode == "tool" and (cfg.sft.tool_fraction > 0 or cfg.sft.tool_fraction_no_zoom > 0):
+        demo_tool(cfg)  # a recipe whose tool cannot be demonstrated fails here, not once per sample
     rng = random.Random(seed)
     texts: list[list[str]] = []
     ok = []

@@ -58,7 +58,7 @@ def rollout_config(cfg: Config) -> RolloutConfig:
         first_view_min_pixels=r.first_view_min_pixels, first_view_max_pixels=r.first_view_max_pixels,
         image_min_pixels=r.image_min_pixels, image_max_pixels=r.image_max_pixels,
         crop_min_pixels=r.crop_min_pixels, crop_max_pixels=r.crop_max_pixels,
-        coord_convention=r.coord_convention or None, tool_name=r.tool_name, prompt_style=r.prompt_style,
+        coord_convention=r.coord_convention or None, tool=r.tool, tool_name=r.tool_name, prompt_style=r.prompt_style,
         seed=cfg.train.seed)
 
 

@@ -1,4 +1,5 @@
-"""Crop tool: parsing, coordinate mapping, cropping, first view and observation text (no model)."""
+"""The crop tool without a model: coordinate conventions, box mapping (also through an earlier crop's box),
+cropping, the first view, box coverage, observation text and the tool's run."""
 
 from __future__ import annotations
 
@@ -8,161 +9,27 @@ import pytest
 from PIL import Image
 
 from vlmrl.data.vision import smart_resize
-from vlmrl.rollout.tool import (
+from vlmrl.rollout import (
     CROP_INSTRUCTION,
     CROP_MIN_PIXELS,
     ERROR_INSTRUCTION,
-    MAX_TOOL_CALL_CHARS,
-    CropResult,
+    CropTool,
     MappedBox,
-    ToolCall,
     ToolCallError,
+    ToolContext,
+    ToolImage,
     box_coverage,
     crop_image,
     default_convention,
     first_view,
-    has_tool_call,
     map_box,
-    observation_text,
-    parse_tool_call,
-    run_crop_tool,
     to_seen_pixels,
 )
-
-
-def wrap(body: str) -> str:
-    return f"<tool_call>{body}</tool_call>"
+from vlmrl.rollout.trajectory import TrajImage
 
 
 def call_json(bbox, name="crop") -> str:
-    return wrap(json.dumps({"name": name, "arguments": {"bbox_2d": bbox}}))
-
-
-# ------------------------------------------------------------------------------------------ parse: valid
-
-
-def test_no_tag_is_answer_turn():
-    assert parse_tool_call("<think>hmm</think><answer>B</answer>") is None
-    assert parse_tool_call("") is None
-    assert not has_tool_call("<answer>3</answer>")
-    assert has_tool_call("x <tool_call>")
-
-
-@pytest.mark.parametrize(
-    "text, bbox",
-    [
-        (call_json([1, 2, 30, 40]), (1.0, 2.0, 30.0, 40.0)),
-        (call_json([1.5, 2.25, 30.0, 4e1]), (1.5, 2.25, 30.0, 40.0)),
-        (call_json([-5, 0, 10, 10]), (-5.0, 0.0, 10.0, 10.0)),  # parses; mapping clamps later
-        (
-            '<think>the sign is small, zoom in</think>\n<tool_call>\n  {"name": "crop",\n   "arguments": '
-            '{ "bbox_2d" : [ 10 , 20 ,\n 110, 120 ] } }\n</tool_call>',
-            (10.0, 20.0, 110.0, 120.0),
-        ),
-        (
-            '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, 4], "label": "sign"}, "id": 7}'
-            "</tool_call><|im_end|>",
-            (1.0, 2.0, 3.0, 4.0),
-        ),
-    ],
-)
-def test_valid_calls(text, bbox):
-    call = parse_tool_call(text)
-    assert isinstance(call, ToolCall) and call.ok
-    assert call.name == "crop"
-    assert call.bbox == bbox and all(type(v) is float for v in call.bbox)
-    assert call.raw.startswith("<tool_call>") and call.raw.endswith("</tool_call>")
-    assert text[call.span[0] : call.span[1]] == call.raw
-
-
-def test_configurable_tool_name():
-    text = call_json([1, 2, 3, 4], name="request_local_region")
-    call = parse_tool_call(text, tool_name="request_local_region")
-    assert isinstance(call, ToolCall) and call.name == "request_local_region"
-    err = parse_tool_call(text)
-    assert isinstance(err, ToolCallError) and err.kind == "wrong_name"
-    assert "request_local_region" in err.message and '"crop"' in err.message
-
-
-# ------------------------------------------------------------------------------------------ parse: errors
-
-
-def err_of(text, **kw) -> ToolCallError:
-    out = parse_tool_call(text, **kw)
-    assert isinstance(out, ToolCallError), out
-    assert not out.ok
-    assert out.message.startswith("Error: ")
-    assert str(out) == out.message
-    return out
-
-
-@pytest.mark.parametrize(
-    "text, kind, fragment",
-    [
-        (wrap('{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, 4]}'), "malformed_json", "not valid JSON"),
-        (wrap("{'name': 'crop'}"), "malformed_json", "not valid JSON"),
-        (wrap("   \n "), "malformed_json", "empty"),
-        (
-            wrap('{"name": "crop", "arguments": {"bbox_2d": [1,2,3,4]}} {"name": "crop", "arguments": {"bbox_2d": [1,2,3,4]}}'),
-            "several_objects",
-            "exactly one JSON object",
-        ),
-        (call_json([1, 2, 3, 4]) + call_json([5, 6, 7, 8]), "several_calls", "2 <tool_call> blocks"),
-        ('<tool_call>{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, 4]}}', "no_closing_tag", "</tool_call>"),
-        (call_json([1, 2, 3, 4], name="zoom"), "wrong_name", 'unknown tool "zoom"'),
-        (wrap('{"arguments": {"bbox_2d": [1, 2, 3, 4]}}'), "wrong_name", 'no "name"'),
-        (wrap('{"name": "crop"}'), "missing_arguments", '"arguments"'),
-        (wrap('{"name": "crop", "arguments": "[1, 2, 3, 4]"}'), "bad_arguments", "JSON object, got a string"),
-        (wrap('{"name": "crop", "arguments": {"box": [1, 2, 3, 4]}}'), "missing_bbox", '"bbox_2d"'),
-        (wrap("[1, 2, 3, 4]"), "not_an_object", "JSON object, got a list"),
-        (call_json("1, 2, 3, 4"), "bbox_not_a_list", "got a string"),
-        (call_json({"x1": 1}), "bbox_not_a_list", "got an object"),
-        (call_json([1, 2, 3]), "wrong_arity", "got 3 values"),
-        (call_json([1, 2, 3, 4, 5]), "wrong_arity", "got 5 values"),
-        (call_json([]), "wrong_arity", "got 0 values"),
-        (call_json([[1, 2, 3, 4]]), "wrong_arity", "got 1 values"),
-        (call_json([[1, 2], [3, 4], 5, 6]), "not_a_number", "value 1 is a list"),
-        (call_json([1, "12", 3, 4]), "not_a_number", 'value 2 is a string ("12")'),
-        (call_json([1, 2, True, 4]), "not_a_number", "value 3 is a boolean"),
-        (call_json([1, 2, 3, None]), "not_a_number", "value 4 is null"),
-        (wrap('{"name": "crop", "arguments": {"bbox_2d": [NaN, 2, 3, 4]}}'), "not_finite", "NaN"),
-        (wrap('{"name": "crop", "arguments": {"bbox_2d": [1, Infinity, 3, 4]}}'), "not_finite", "Infinity"),
-        (wrap('{"name": "crop", "arguments": {"bbox_2d": [1, 2, -Infinity, 4]}}'), "not_finite", "Infinity"),
-        (wrap('{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, 1e400]}}'), "not_finite", "finite"),
-        (wrap('{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, 1' + "0" * 400 + "]}}"), "not_finite", "finite"),
-    ],
-)
-def test_malformed_calls(text, kind, fragment):
-    err = err_of(text)
-    assert err.kind == kind
-    assert fragment in err.message
-
-
-def test_error_messages_are_readable():
-    assert err_of(call_json([1, 2, 3])).message == (
-        "Error: bbox_2d must be a list of 4 numbers [x1, y1, x2, y2], got 3 values."
-    )
-    # malformed JSON tells the model the expected format
-    assert '"bbox_2d": [x1, y1, x2, y2]' in err_of(wrap("{oops")).message
-
-
-def test_huge_and_deep_inputs():
-    err = err_of(wrap("[" * 10**6 + "]" * 10**6))
-    assert err.kind == "too_long" and str(MAX_TOOL_CALL_CHARS) in err.message
-    depth = MAX_TOOL_CALL_CHARS // 2 - 2  # deeper than the recursion limit, under the size cap
-    err = err_of(wrap("[" * depth + "]" * depth))
-    assert err.kind == "malformed_json"
-    body = '{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, ' + "[" * depth + "]" * depth + "]}}"
-    assert err_of(wrap(body[: MAX_TOOL_CALL_CHARS])).kind in {"malformed_json", "not_a_number"}
-    # a 4000-digit integer overflows float: an error, not an exception
-    assert err_of(wrap('{"name": "crop", "arguments": {"bbox_2d": [1, 2, 3, ' + "9" * 4000 + "]}}")).kind == "not_finite"
-    # long text around a valid call is fine
-    assert isinstance(parse_tool_call("x" * 10**6 + call_json([1, 2, 3, 4]) + "y" * 10**6), ToolCall)
-
-
-def test_non_str_is_a_caller_bug():
-    with pytest.raises(TypeError):
-        parse_tool_call(None)  # type: ignore[arg-type]
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': {'bbox_2d': bbox}})}</tool_call>"
 
 
 # ------------------------------------------------------------------------------------------ conventions
@@ -374,49 +241,74 @@ def test_box_coverage():
     assert box_coverage((30, 30, 40, 40), (10, 10, 20, 20)) == 0.0
     m = map_box([250, 250, 750, 750], SEEN, ORIG, "rel1000")
     assert box_coverage(m, (100, 84, 124, 252)) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        box_coverage((0, 0, 1, 1), (5, 5, 5, 9))
+    # a ground-truth box without area cannot be covered (one rule for DTPO's crop_ok and everyone else)
+    assert box_coverage((0, 0, 1, 1), (5, 5, 5, 9)) == 0.0
+    assert box_coverage((0, 0, 10, 10), (3, 3, 3, 3)) == 0.0
+    assert box_coverage((5, 5, 4, 4), (0, 0, 10, 10)) == 0.0  # an inverted crop covers nothing
 
 
 # ------------------------------------------------------------------------------------------ observation
 
 
 def test_observation_text_valid():
-    obs = observation_text(True)
+    obs = CropTool().observation(ToolImage(gradient(28, 28)))
     assert obs.has_image
     assert obs.before_image == "<tool_response>\n"
     assert obs.after_image == "\n" + CROP_INSTRUCTION + "\n</tool_response>"
     assert obs.render("<IMG>") == "<tool_response>\n<IMG>\n" + CROP_INSTRUCTION + "\n</tool_response>"
     assert "<answer></answer>" in CROP_INSTRUCTION
-    custom = observation_text(True, instruction="Go on.")
-    assert custom.after_image == "\nGo on.\n</tool_response>"
 
 
 def test_observation_text_error():
-    err = parse_tool_call(call_json([1, 2, 3]))
-    obs = observation_text(False, err)
-    assert not obs.has_image and obs.after_image is None
+    tool = CropTool()
+    err = tool.read(call_json([1, 2, 3]))
+    obs = tool.error_observation(err)
+    assert not obs.has_image and obs.after_image is None and obs.image is None
     assert obs.before_image == (
         "<tool_response>\n" + err.message + "\n" + ERROR_INSTRUCTION + "\n</tool_response>"
     )
     assert obs.render("<IMG>") == obs.before_image
-    assert observation_text(False, "Error: x", error_instruction="").before_image == "<tool_response>\nError: x\n</tool_response>"
-    with pytest.raises(ValueError):
-        observation_text(False)
-    with pytest.raises(ValueError):
-        observation_text(True, "Error: x")
 
 
-# ------------------------------------------------------------------------------------------ all at once
+# ------------------------------------------------------------------------------------------ the tool's run
 
 
-def test_run_crop_tool():
-    orig = gradient(448, 336)
-    text = "<think>zoom</think>" + call_json([250, 250, 750, 750])
-    res = run_crop_tool(text, orig, SEEN, "rel1000", min_pixels=28 * 28, max_pixels=1024 * 28 * 28)
-    assert isinstance(res, CropResult) and res.ok
-    assert res.mapped.box == (112, 84, 336, 252) and res.image.size == (224, 168)
-    assert run_crop_tool("<answer>B</answer>", orig, SEEN) is None
-    bad = run_crop_tool(call_json([300, 10, 400, 60]), orig, SEEN, "absolute")
-    assert isinstance(bad, ToolCallError) and bad.kind == "outside" and bad.raw.startswith("<tool_call>")
-    assert run_crop_tool(call_json([1, 2]), orig, SEEN).kind == "wrong_arity"
+def context_for(original, seen_size, convention="absolute", **kw):
+    view = TrajImage("input", seen_size, original.size, 1, -1)
+    return ToolContext([original], [view], convention, **kw)
+
+
+def test_crop_tool_run():
+    orig, tool = gradient(448, 336), CropTool()
+    ctx = context_for(orig, SEEN, "rel1000", factor=28, min_pixels=28 * 28, max_pixels=1024 * 28 * 28)
+    call = tool.read("<think>zoom</think>" + call_json([250, 250, 750, 750]))
+    obs = tool.run(call.args, ctx)
+    assert obs.record == {"bbox": [250.0, 250.0, 750.0, 750.0], "box_seen": [56.0, 42.0, 168.0, 126.0],
+                          "box_original": [112, 84, 336, 252]}
+    assert obs.image.image.size == (224, 168) and obs.image.source == 0 and obs.image.kind == "crop"
+    assert obs.image.box_original == [112, 84, 336, 252] and obs.image.box_seen == [56.0, 42.0, 168.0, 126.0]
+    bad = tool.run(tool.read(call_json([300, 10, 400, 60])).args, context_for(orig, SEEN))
+    assert isinstance(bad, ToolCallError) and bad.kind == "outside" and bad.record == {"bbox": [300.0, 10.0, 400.0, 60.0]}
+    assert tool.read(call_json([1, 2])).kind == "wrong_arity"
+
+
+# ------------------------------------------------------------------------------------------ through an earlier crop
+
+
+def test_map_box_through_a_region():
+    """A box on a crop's seen image maps through that crop's box: hand-computed. The crop shows the
+    original region (200, 100, 600, 300) (400x200) at 224x112 seen pixels: x scale 400/224, y 200/112."""
+    region = (200, 100, 600, 300)
+    m = map_box([56, 28, 112, 84], (224, 112), (1000, 800), "absolute", region=region)
+    # x: 56*400/224 = 100, 112*400/224 = 200 -> 300..400; y: 28*200/112 = 50, 84*200/112 = 150 -> 150..250
+    assert m.box == (300, 150, 400, 250) and m.seen_box == (56.0, 28.0, 112.0, 84.0)
+    assert m.original_size == (1000, 800)
+    whole = map_box([0, 0, 1000, 1000], (224, 112), (1000, 800), "rel1000", region=region)
+    assert whole.box == region  # the whole crop is its own region
+    # without a region, the same as the region of the whole image
+    assert map_box([10, 10, 50, 50], (224, 112), (1000, 800)).box == \
+        map_box([10, 10, 50, 50], (224, 112), (1000, 800), region=(0, 0, 1000, 800)).box
+    # clamping and the 28 px minimum work in the crop's seen pixels: [0,0,14,14] grows to [0,0,28,28] -> 50x50
+    assert map_box([0, 0, 14, 14], (224, 112), (1000, 800), region=region).box == (200, 100, 250, 150)
+    with pytest.raises(ValueError, match="region"):
+        map_box([0, 0, 10, 10], (224, 112), (1000, 800), region=(0, 0, 2000, 10))

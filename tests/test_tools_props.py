@@ -1,4 +1,5 @@
-"""Property tests for the crop tool (hypothesis). TOOL_PROP_EXAMPLES=5000 for a longer run."""
+"""Property tests for reading calls and mapping boxes with the crop tool (hypothesis). TOOL_PROP_EXAMPLES=5000
+for a longer run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vlmrl.data.vision import smart_resize
-from vlmrl.rollout.tool import CONVENTIONS, MappedBox, ToolCall, ToolCallError, map_box, parse_tool_call
+from vlmrl.rollout import CONVENTIONS, CropTool, MappedBox, ToolCall, ToolCallError, map_box
+
+read = CropTool().read  # the generic parser, then the crop tool's bbox_2d checks
 
 SETTINGS = settings(max_examples=int(os.environ.get("TOOL_PROP_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -47,21 +50,21 @@ def check_result(out):
     if isinstance(out, ToolCallError):
         assert out.message.startswith("Error: ")
     if isinstance(out, ToolCall):
-        assert len(out.bbox) == 4 and all(type(v) is float and math.isfinite(v) for v in out.bbox)
+        assert len(out.args) == 4 and all(type(v) is float and math.isfinite(v) for v in out.args)
 
 
 @SETTINGS
 @given(st.text())
 def test_parse_never_raises_on_text(text):
-    check_result(parse_tool_call(text))
-    check_result(parse_tool_call("<tool_call>" + text + "</tool_call>"))
-    check_result(parse_tool_call("<tool_call>" + text))
+    check_result(read(text))
+    check_result(read("<tool_call>" + text + "</tool_call>"))
+    check_result(read("<tool_call>" + text))
 
 
 @SETTINGS
 @given(st.lists(st.one_of(tag_pieces, st.text(max_size=5)), max_size=30))
 def test_parse_never_raises_on_tag_soup(pieces):
-    check_result(parse_tool_call("".join(pieces)))
+    check_result(read("".join(pieces)))
 
 
 @SETTINGS
@@ -69,15 +72,15 @@ def test_parse_never_raises_on_tag_soup(pieces):
 def test_parse_never_raises_on_jsonish(obj, prefix, ws):
     body = json.dumps(obj)  # NaN / Infinity appear as bare tokens
     text = prefix.replace("<tool_call>", "") + "<tool_call>" + ws + body + ws + "</tool_call>"
-    out = parse_tool_call(text)
+    out = read(text)
     check_result(out)
     if isinstance(out, ToolCall):  # accepted only if it really is a crop call with 4 finite non-bool numbers
         bbox = obj["arguments"]["bbox_2d"]
         assert obj["name"] == "crop" and len(bbox) == 4
         assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
     # truncations and concatenations of valid JSON
-    check_result(parse_tool_call("<tool_call>" + body[: len(body) // 2] + "</tool_call>"))
-    check_result(parse_tool_call("<tool_call>" + body + body + "</tool_call>"))
+    check_result(read("<tool_call>" + body[: len(body) // 2] + "</tool_call>"))
+    check_result(read("<tool_call>" + body + body + "</tool_call>"))
 
 
 RANGE = {"absolute": None, "rel1000": 1000.0, "rel1": 1.0}
@@ -122,3 +125,21 @@ def test_full_seen_box_maps_to_full_original(size_pair):
         assert isinstance(m, MappedBox), m
         assert m.box == (0, 0, W, H)
         assert not m.clamped
+
+
+@SETTINGS
+@given(sizes(), st.lists(st.floats(0, 1), min_size=4, max_size=4), st.lists(st.floats(-0.5, 1.5), min_size=4, max_size=4))
+def test_box_on_a_crop_maps_inside_that_crop(size_pair, corners, rel):
+    """Through an earlier crop's box (the nested crop tool), an accepted box stays inside that box."""
+    (w, h), (W, H) = size_pair
+    x1, x2 = sorted((round(corners[0] * W), round(corners[2] * W)))
+    y1, y2 = sorted((round(corners[1] * H), round(corners[3] * H)))
+    if x2 <= x1 or y2 <= y1 or max(x2 - x1, y2 - y1) > 200 * min(x2 - x1, y2 - y1):
+        return  # crops are boxes of aspect ratio <= 200
+    m = map_box([rel[0] * w, rel[1] * h, rel[2] * w, rel[3] * h], (w, h), (W, H), "absolute", region=(x1, y1, x2, y2))
+    if isinstance(m, MappedBox):
+        assert x1 <= m.box[0] < m.box[2] <= x2 and y1 <= m.box[1] < m.box[3] <= y2
+        full = map_box([0, 0, w, h], (w, h), (W, H), "absolute", region=(x1, y1, x2, y2))
+        assert full.box == (x1, y1, x2, y2)
+    else:
+        assert m.kind in {"empty_box", "outside", "aspect"}
