@@ -14,7 +14,7 @@ from vlmrl.config import load_config
 from vlmrl.data.prompts import parse_tools_block
 from vlmrl.rollout import NestedCropTool, Tool, ToolContext, available_tools, get_tool, make_tool
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
-from vlmrl.rollout.scripted import ScriptedPolicy
+from vlmrl.rollout.scripted import ScriptedSampler
 from vlmrl.rollout.trajectory import TrajImage, load_traces, save_traces
 
 ANSWER = "<think>ok</think><answer>7</answer>"
@@ -40,11 +40,11 @@ def make_sample(image):
 
 def run(pol, turns, image=None, **cfg):
     """One trajectory of a 448x448 image whose assistant turns are `turns`, through the engine."""
-    scripted = ScriptedPolicy(pol, lambda row, turn: turns[turn])
+    scripted = ScriptedSampler(pol.tokenizer, lambda row, turn: turns[turn])
     base = dict(mode="tool", max_turns=3, crop_min_pixels=4 * 28 * 28, crop_max_pixels=112 * 112, max_total_tokens=2000)
-    eng = RolloutEngine(scripted, RolloutConfig(**{**base, **cfg}), messages_fn=user_only)
+    eng = RolloutEngine(pol, RolloutConfig(**{**base, **cfg}), messages_fn=user_only, sampler=scripted)
     scripted.start(1)
-    return eng, eng.rollout([make_sample(image or noise())], group_size=1)[0]
+    return eng, eng.rollout([make_sample(image or noise())], n_per_prompt=1)[0]
 
 
 @pytest.fixture
@@ -164,13 +164,13 @@ def test_user_tool_from_a_recipe(pol, tmp_path):
     image = Image.new("RGB", (448, 448), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 10, 20))  # 200 bright pixels
     call = '<tool_call>{"name": "count", "arguments": {"level": 128}}</tool_call>'
-    scripted = ScriptedPolicy(pol, lambda row, turn: [call, ANSWER][turn])
-    eng = RolloutEngine(scripted, cfg)  # the default prompt: the user tool's schema in the system turn
+    scripted = ScriptedSampler(pol.tokenizer, lambda row, turn: [call, ANSWER][turn])
+    eng = RolloutEngine(pol, cfg, sampler=scripted)  # the default prompt: the user tool's schema in the system turn
     sample = make_sample(image)
     system = eng.messages_fn(sample, cfg, pol.family)[0]["content"]
     assert parse_tools_block(system) == [eng.tool.schema("absolute", "full")]
     scripted.start(1)
-    (t,) = eng.rollout([sample], group_size=1)
+    (t,) = eng.rollout([sample], n_per_prompt=1)
     assert t.finish_reason == "answered" and len(t.images) == 1  # a text-only observation
     assert "<tool_response>\n200 pixels are brighter than 128.\n" in pol.tokenizer.decode(t.ids[t.prompt_len:])
     save_traces(tmp_path / "traces.jsonl", [t])
