@@ -33,7 +33,6 @@ from typing import Any, Callable
 SAMPLES_FILE = "samples.jsonl"
 TRACES_FILE = "traces.jsonl"
 RESULTS_FILE = "results.json"
-_COORDS = {"absolute": "absolute", "rel1000": "relative1000", "rel1": "relative1"}
 
 
 @dataclass
@@ -98,7 +97,7 @@ def benchmark_messages(sample, cfg, family: str) -> list[dict]:
 
     if cfg.mode == "tool":
         convention = cfg.coord_convention or crop_tool.default_convention(family)
-        system = tool_system_prompt(cfg.tool_name, _COORDS.get(convention, convention), cfg.prompt_style)
+        system = tool_system_prompt(cfg.tool_name, convention, cfg.prompt_style)
     else:
         system = DEFAULT_SYSTEM if cfg.prompt_style == "full" else COMPACT_SYSTEM
     return [{"role": "system", "content": system}, _user_turn(sample.question, len(sample.images), None, False)]

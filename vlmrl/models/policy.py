@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from vlmrl.data.vision import FAMILY_PATCH, image_factor
+from vlmrl.data.vision import image_factor
+from vlmrl.family import FAMILY_OF_MODEL_TYPE, get_family
 from vlmrl.models.decoding import DecodeStep, PackedLinears, can_fuse
 from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
 from vlmrl.models.last_mlp import checkpointing, last_mlp_only_at
 
-FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
@@ -137,7 +137,7 @@ class Policy:
         self.image_processor = processor.image_processor
         self.family = family
         self.factor = image_factor(family)
-        self.merge = FAMILY_PATCH[family][1]
+        self.merge = get_family(family).merge
         tok = self.tokenizer
         self.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")

@@ -68,8 +68,7 @@ def _default_messages(sample, cfg: RolloutConfig, family: str) -> list[dict]:
 
     if cfg.mode == "direct":
         return build_messages(sample, mode="direct", style=cfg.prompt_style)
-    convention = cfg.coord_convention or crop_tool.default_convention(family)
-    coords = {"rel1000": "relative1000", "rel1": "relative1"}.get(convention, convention)
+    coords = cfg.coord_convention or crop_tool.default_convention(family)
     return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=cfg.tool_name, coords=coords)
 
 

@@ -27,6 +27,8 @@ Coordinate conventions (``convention``):
 - ``"absolute"``: pixels of the image the model saw (Qwen2.5-VL's grounding format).
 - ``"rel1000"``: 0..1000 relative to the seen image (Qwen2-VL and Qwen3-VL).
 - ``"rel1"``: 0..1 relative to the seen image.
+
+(The conventions and each family's default are in the family table, ``vlmrl/family.py``.)
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from typing import Any, Sequence
 from PIL import Image
 
 from vlmrl.data.vision import MAX_ASPECT_RATIO, smart_resize
+from vlmrl.family import CONVENTION_RANGE as _CONVENTION_RANGE
+from vlmrl.family import CONVENTIONS, default_convention
 
 __all__ = [
     "TOOL_CALL_OPEN",
@@ -48,7 +52,6 @@ __all__ = [
     "DEFAULT_TOOL_NAME",
     "MAX_TOOL_CALL_CHARS",
     "CONVENTIONS",
-    "FAMILY_CONVENTION",
     "MIN_SEEN_SIZE",
     "MAX_BOX_ASPECT",
     "FIRST_VIEW_SCALE",
@@ -84,14 +87,6 @@ DEFAULT_TOOL_NAME = "crop"
 # Longest JSON body (characters between the tags) that is handed to json.loads. A real call is
 # well under 200 characters; this bounds parse time and memory on degenerate generations.
 MAX_TOOL_CALL_CHARS = 4096
-
-CONVENTIONS = ("absolute", "rel1000", "rel1")
-_CONVENTION_RANGE = {"absolute": None, "rel1000": 1000.0, "rel1": 1.0}
-FAMILY_CONVENTION = {
-    "qwen2_vl": "rel1000",
-    "qwen2_5_vl": "absolute",
-    "qwen3_vl": "rel1000",
-}
 
 MIN_SEEN_SIZE = 28  # boxes thinner than this (seen pixels) are expanded around their centre
 MAX_BOX_ASPECT = 200  # long side / short side, after expansion (smart_resize's own limit is 200)
@@ -380,19 +375,6 @@ def _check_numbers(bbox: Sequence[Any]) -> tuple[float, float, float, float] | T
 
 
 # ----------------------------------------------------------------------------------------- mapping
-
-
-def _normalise_family(family: str) -> str:
-    return family.strip().lower().replace("-", "_").replace(".", "_")
-
-
-def default_convention(family: str) -> str:
-    """Coordinate convention a model family was trained with: "absolute" for Qwen2.5-VL,
-    "rel1000" for Qwen2-VL and Qwen3-VL. Accepts "qwen2_5_vl", "qwen2.5-vl", "Qwen2.5-VL", ..."""
-    key = _normalise_family(family)
-    if key not in FAMILY_CONVENTION:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_CONVENTION)}")
-    return FAMILY_CONVENTION[key]
 
 
 def _check_size(size: Sequence[int], what: str) -> tuple[int, int]:
