@@ -374,6 +374,9 @@ def test_zoom_native_jsonl(tmp_path):
     responses = ["<answer>7</answer>", "There are 12.0 boxes", "\\boxed{Red.}", "A", "<think>hmm</think><answer>(C)</answer>"]
     metrics, per_doc, docs = score("zoom", path, responses)
     assert [r["score"] for r in per_doc] == [1, 1, 1, 0, 1]
+    # numbers: the last one counts ("3 or 12" -> 12), a percent sign is ignored
+    _, per_doc, _ = score("zoom", path, ["<answer>5 or 7</answer>", "12%", "red", "B", "C"])
+    assert [r["parsed"] for r in per_doc[:2]] == [7.0, 12.0] and [r["score"] for r in per_doc] == [1, 1, 1, 1, 1]
     assert metrics == pytest.approx({"accuracy": 4 / 5, "accuracy_zoom": 2 / 3, "accuracy_no_zoom": 1.0})
     assert docs[3]["prompt"] == "Shape?\nA. circle\nB. square\nC. star"
     assert docs[0]["images"][0].path == tmp_path / "images" / "0.png"
