@@ -51,7 +51,7 @@ class Scripted(Policy):
 
 
 def engine_for(pol, script, **cfg):
-    base = dict(mode="tool", max_turns=2, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224,
+    base = dict(mode="tool", max_turns=2, max_new_tokens=128, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224,
                 max_total_tokens=2000)
     base.update(cfg)
     return RolloutEngine(Scripted(pol, script), RolloutConfig(**base), messages_fn=user_only)
@@ -208,9 +208,10 @@ def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
     box = "0, 0, 112, 112" if family == "qwen2_5_vl" else "0, 0, 500, 500"
     pol = ForcedFirstTurn(base, CALL % box)
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=24, crop_min_pixels=4 * 28 * 28,
-                        crop_max_pixels=256 * 256, temperature=1.0, seed=1)
+                        crop_max_pixels=256 * 256, temperature=1.0)
     samples = [make_sample(), make_sample((336, 448), sid="s1")]
-    trajs = RolloutEngine(pol, cfg, messages_fn=user_only).rollout(samples, group_size=3)
+    trajs = RolloutEngine(pol, cfg, messages_fn=user_only).rollout(samples, group_size=3,
+                                                                   generator=torch.Generator().manual_seed(1))
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in trajs)
     seqs = [Seq(t.ids, t.vision) for t in trajs]
     T = max(len(s.ids) for s in seqs)

@@ -45,24 +45,40 @@ class DataConfig:
 
 
 @dataclass
-class RolloutSection:
-    mode: str = "direct"  # direct | tool (AdaptVision loop)
-    group_size: int = 4  # G samples per prompt
-    max_turns: int = 2
+class RolloutConfig:
+    """Rollout settings: a recipe's ``rollout:`` section, what the rollout engine takes, and what ``vlmrl eval``
+    starts from (``--recipe``; its flags override single fields). Invalid values raise ValueError here."""
+
+    mode: str = "direct"  # direct (one turn, full resolution) | tool (low-res view + crop tool: AdaptVision loop)
+    group_size: int = 4  # G samples per prompt (the trainer's; the engine takes it per rollout call)
+    max_turns: int = 2  # assistant turns per trajectory in tool mode (2 = one crop, then answer)
     max_new_tokens: int = 64  # per assistant turn
-    max_total_tokens: int = 2048
-    temperature: float = 1.0
+    max_total_tokens: int = 2048  # whole trajectory, prompt included
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
-    first_view_scale: float = 0.5
+    first_view_scale: float = 0.5  # per side, tool mode
     first_view_min_pixels: int = 4 * 28 * 28
     first_view_max_pixels: int = 1024 * 28 * 28
-    image_min_pixels: int = 4 * 28 * 28
+    image_min_pixels: int = 4 * 28 * 28  # direct mode budget
     image_max_pixels: int = 1024 * 28 * 28
     crop_min_pixels: int = 256 * 28 * 28
     crop_max_pixels: int = 1024 * 28 * 28
     coord_convention: str = ""  # "" = the model family's (absolute for Qwen2.5-VL, rel1000 otherwise)
     tool_name: str = "crop"
     prompt_style: str = "full"  # full | compact | minimal | bare
+    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
+    #                              "{question}" in it stands for the sample's question
+    reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)
+
+    def __post_init__(self):
+        if self.mode not in ("tool", "direct"):
+            raise ValueError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
+        if self.max_turns < 1:
+            raise ValueError("max_turns must be >= 1")
+        for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
+            lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
+            if hi < lo:
+                raise ValueError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
 
 
 @dataclass
@@ -157,7 +173,7 @@ class TrainConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

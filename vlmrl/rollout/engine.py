@@ -15,48 +15,14 @@ crop image tokens) instead of the whole history; tests/test_perf_kv.py checks it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from vlmrl.config import RolloutConfig
 from vlmrl.models.policy import Generation, Policy, Seq
 from vlmrl.rollout import tool as crop_tool
 from vlmrl.rollout.trajectory import ToolCallRecord, TrajImage, Trajectory
-
-
-@dataclass
-class RolloutConfig:
-    mode: str = "tool"  # "tool" (low-res view + crop tool) or "direct" (one turn, full resolution)
-    max_turns: int = 2  # assistant turns per trajectory in tool mode (2 = one crop, then answer)
-    max_new_tokens: int = 128  # per assistant turn
-    max_total_tokens: int = 2048  # whole trajectory, prompt included
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    first_view_scale: float = 0.5  # per side, tool mode
-    first_view_min_pixels: int = crop_tool.FIRST_VIEW_MIN_PIXELS
-    first_view_max_pixels: int = crop_tool.FIRST_VIEW_MAX_PIXELS
-    image_min_pixels: int = 4 * 28 * 28  # direct mode budget
-    image_max_pixels: int = 1024 * 28 * 28
-    crop_min_pixels: int = crop_tool.CROP_MIN_PIXELS
-    crop_max_pixels: int = crop_tool.CROP_MAX_PIXELS
-    coord_convention: str | None = None  # None: the family's (absolute for Qwen2.5-VL, 0-1000 otherwise)
-    tool_name: str = crop_tool.DEFAULT_TOOL_NAME
-    prompt_style: str = "full"  # "full", "compact", "minimal" or "bare" prompt templates
-    seed: int = 0
-    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
-    #                              "{question}" in it stands for the sample's question
-    reuse_kv: bool = True  # later turns prefill only their new tokens (same result, less work)
-
-    def __post_init__(self):
-        if self.mode not in ("tool", "direct"):
-            raise ValueError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
-        if self.max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
-        for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
-            lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
-            if hi < lo:
-                raise ValueError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
 
 
 class PromptTooLong(ValueError):
@@ -130,7 +96,7 @@ class RolloutEngine:
         `prompts`: the samples' `build_prompt` results when the caller already built them."""
         cfg = self.cfg
         if generator is None:
-            generator = torch.Generator().manual_seed(cfg.seed)
+            generator = torch.Generator().manual_seed(0)
         if prompts is None:
             prompts = [self.build_prompt(s, i) for i, s in enumerate(samples)]
         trajs: list[Trajectory] = []

@@ -132,7 +132,6 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
     probability `cfg.sft.tool_fraction_no_zoom` (seeded by `seed`)."""
     from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
     from vlmrl.rollout.scripted import ScriptedPolicy
-    from vlmrl.train.trainer import rollout_config
 
     rng = random.Random(seed)
     texts: list[list[str]] = []
@@ -148,7 +147,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
             skipped.append(f"{getattr(s, 'id', '?')}: {e}")
     batch_texts: list[list[str]] = []
     scripted = ScriptedPolicy(policy, lambda row, turn: batch_texts[row][min(turn, len(batch_texts[row]) - 1)])
-    engine = RolloutEngine(scripted, rollout_config(cfg))
+    engine = RolloutEngine(scripted, cfg.rollout)
     trajs = []
     for i in range(0, len(ok), chunk):
         part, part_texts = [], []
@@ -164,7 +163,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
             continue
         batch_texts[:] = part_texts
         scripted.start(len(part))
-        trajs += engine.rollout(part, group_size=1)
+        trajs += engine.rollout(part, group_size=1, generator=torch.Generator().manual_seed(cfg.train.seed))
     return trajs, skipped
 
 

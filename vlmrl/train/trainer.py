@@ -32,7 +32,7 @@ from vlmrl import algos
 from vlmrl.config import Config, save_config
 from vlmrl.models.policy import Policy, Seq
 from vlmrl.rewards.trajectories import score_trajectories
-from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
+from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
 
@@ -57,18 +57,6 @@ def micro_batches(idx: list[int], lengths: list[int], size: int, group_size: int
     batch and its prompt runs once (Policy.logprobs share_prefix) where the batch size allows."""
     order = sorted(range(len(idx)), key=lambda k: (idx[k] // group_size if group_size > 0 else 0, lengths[idx[k]]))
     return [order[s:s + size] for s in range(0, len(order), size)]
-
-
-def rollout_config(cfg: Config) -> RolloutConfig:
-    r = cfg.rollout
-    return RolloutConfig(
-        mode=r.mode, max_turns=r.max_turns, max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
-        temperature=r.temperature, top_p=r.top_p, first_view_scale=r.first_view_scale,
-        first_view_min_pixels=r.first_view_min_pixels, first_view_max_pixels=r.first_view_max_pixels,
-        image_min_pixels=r.image_min_pixels, image_max_pixels=r.image_max_pixels,
-        crop_min_pixels=r.crop_min_pixels, crop_max_pixels=r.crop_max_pixels,
-        coord_convention=r.coord_convention or None, tool_name=r.tool_name, prompt_style=r.prompt_style,
-        seed=cfg.train.seed)
 
 
 class PromptStream:
@@ -150,7 +138,7 @@ class Trainer:
 
             dataset = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
         self.stream = PromptStream(dataset, t.seed, self.acc.process_index, self.acc.num_processes, cfg.data.shuffle)
-        self.engine = RolloutEngine(self.policy, rollout_config(cfg))
+        self.engine = RolloutEngine(self.policy, cfg.rollout)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
         self.mask_gen = torch.Generator().manual_seed(t.seed * 104729 + self.acc.process_index)
         self.step_idx = 0
