@@ -467,7 +467,7 @@ def test_missing_image_file_is_an_error(tmp_path):
 def test_malformed_jsonl_names_the_line(tmp_path):
     p = tmp_path / "test.jsonl"
     p.write_text('{"question": "q"}\n{oops\n')
-    with pytest.raises(ValueError, match="test.jsonl: line 2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"test.jsonl, row 1 \(line 2\): invalid JSON"):
         load_task("zoom").load_docs(p, images=False)
 
 

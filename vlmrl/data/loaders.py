@@ -42,9 +42,9 @@ from typing import Any, Iterator
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS, check_aspect_ratio, check_image_ref, load_image
 from .sample import ANSWER_TYPES, IMAGE_PLACEHOLDER, DataError, Sample, Where, choice_letter
+from .tables import FILE_TYPES, ParquetCells, Record, parquet_columns, read_json, read_jsonl, read_parquet
 
 FORMATS = ("vlmrl", "easyr1", "trl")
-FILE_TYPES = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".tsv": "tsv"}
 SPLIT_FILE_NAMES = ("data", "train")
 """Names looked up in a directory when no split is given, in this order."""
 
@@ -56,17 +56,12 @@ TRL_ANSWER_FIELDS = ("solution", "answer", "ground_truth", "completion")
 
 
 class _LazyImages(Sequence):
-    """The images of one parquet row, fetched from the arrow column only when indexed."""
+    """The images of one parquet row, read from the file's image column only when indexed."""
 
-    def __init__(self, column: Any, index: int, is_list: bool):
-        self._column = column
+    def __init__(self, cells: ParquetCells, index: int, n: int):
+        self._cells = cells
         self._index = index
-        self._is_list = is_list
-        scalar = column[index]
-        if not scalar.is_valid:
-            self._n = 0
-        else:
-            self._n = len(scalar) if is_list else 1
+        self._n = n
 
     def __len__(self) -> int:
         return self._n
@@ -76,63 +71,8 @@ class _LazyImages(Sequence):
             return [self[j] for j in range(*k.indices(self._n))]
         if not -self._n <= k < self._n:
             raise IndexError(k)
-        value = self._column[self._index].as_py()
-        return value[k] if self._is_list else value
-
-
-@dataclass
-class _Record:
-    data: dict
-    row: int
-    line: int | None = None
-
-
-def _read_jsonl(path: Path, skipped: list[str] | None = None) -> list[_Record]:
-    """The file's rows; a line that is not a JSON object raises, or with `skipped` given is noted there."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            row = len(out)
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                err = DataError(f"invalid JSON: {e}", file=path, row=row, line=lineno)
-            else:
-                if isinstance(obj, dict):
-                    out.append(_Record(obj, row, lineno))
-                    continue
-                err = DataError(f"a row must be a JSON object, got {type(obj).__name__}", file=path, row=row,
-                                line=lineno)
-            if skipped is None:
-                raise err
-            skipped.append(str(err))
-    return out
-
-
-def _read_json(path: Path) -> list[_Record]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON: {e}", file=path) from None
-    if isinstance(obj, dict):
-        lists = [k for k, v in obj.items() if isinstance(v, list)]
-        if "data" in obj and isinstance(obj["data"], list):
-            obj = obj["data"]
-        elif len(lists) == 1:
-            obj = obj[lists[0]]
-        else:
-            raise DataError("a JSON dataset must be a list of row objects (or {\"data\": [...]})", file=path)
-    if not isinstance(obj, list):
-        raise DataError(f"a JSON dataset must be a list of row objects, got {type(obj).__name__}", file=path)
-    out = []
-    for i, rec in enumerate(obj):
-        if not isinstance(rec, dict):
-            raise DataError(f"a row must be a JSON object, got {type(rec).__name__}", file=path, row=i)
-        out.append(_Record(rec, i))
-    return out
+        value = self._cells.cell(self._index)
+        return value[k] if self._cells.is_list else value
 
 
 def _parse_tsv_cell(key: str, value: str) -> Any:
@@ -151,7 +91,7 @@ def _parse_tsv_cell(key: str, value: str) -> Any:
     return value
 
 
-def _read_tsv(path: Path) -> list[_Record]:
+def _read_tsv(path: Path) -> list[Record]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     out = []
     with open(path, encoding="utf-8", newline="") as f:
@@ -181,41 +121,18 @@ def _read_tsv(path: Path) -> list[_Record]:
                 rec["choices"] = opts
             if "id" not in rec and "index" in rec:
                 rec["id"] = rec.pop("index")
-            out.append(_Record(rec, i))
+            out.append(Record(rec, i))
     return out
 
 
-def _read_parquet(path: Path, image_keys: tuple[str, ...]) -> list[_Record]:
-    import pyarrow.parquet as pq
-    import pyarrow as pa
-
-    try:
-        table = pq.read_table(path, memory_map=True)
-    except Exception as e:  # pyarrow raises its own ArrowInvalid etc.
-        raise DataError(f"cannot read parquet: {e}", file=path) from None
-    names = table.column_names
-    lazy = {}
-    for key in image_keys:
-        if key in names:
-            col = table.column(key).combine_chunks()
-            is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
-            lazy[key] = (col, is_list)
-    text = table.select([n for n in names if n not in lazy]).to_pylist()
-    out = []
-    for i, rec in enumerate(text):
-        for key, (col, is_list) in lazy.items():
-            rec[key] = _LazyImages(col, i, is_list)
-        out.append(_Record(rec, i))
-    return out
-
-
-def _parquet_columns(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        return list(pq.read_schema(path).names)
-    except Exception as e:
-        raise DataError(f"cannot read parquet: {e}", file=path) from None
+def _read_parquet(path: Path, image_keys: tuple[str, ...]) -> list[Record]:
+    """The rows of a parquet file, image columns as :class:`_LazyImages` (read when a row is accessed)."""
+    records, lazy = read_parquet(path, image_keys)
+    lengths = {key: cells.lengths() for key, cells in lazy.items()}
+    for rec in records:
+        for key, cells in lazy.items():
+            rec.data[key] = _LazyImages(cells, rec.row, lengths[key][rec.row])
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -669,7 +586,7 @@ def load_dataset(path: str | os.PathLike, format: str = "auto", split: str | Non
     for file in files:
         ft = _file_type(file)
         if ft == "parquet":
-            cols = _parquet_columns(file)
+            cols = parquet_columns(file)
             fmt_file = fmt or detect_format(cols)
             if fmt_file is None:
                 raise DataError(f"cannot tell the row format from the columns {cols}; expected 'question' "
@@ -677,9 +594,9 @@ def load_dataset(path: str | os.PathLike, format: str = "auto", split: str | Non
             records = _read_parquet(file, ("images", "image"))
         else:
             if ft == "jsonl":
-                records = _read_jsonl(file, skipped if on_error == "skip" else None)
+                records = read_jsonl(file, skipped if on_error == "skip" else None)
             else:
-                records = {"json": _read_json, "tsv": _read_tsv}[ft](file)
+                records = {"json": read_json, "tsv": _read_tsv}[ft](file)
             fmt_file = fmt
             if fmt_file is None and records:
                 fmt_file = detect_format(records[0].data)

@@ -62,12 +62,13 @@ from typing import Any, Callable
 
 import yaml
 
+from vlmrl.data.tables import FILE_TYPES, parquet_columns, read_json, read_jsonl, read_parquet
+
 from .scorers.choice import LETTERS, parse_labelled_options, parse_options
 from .scorers.mathvista import mathvista_prompt
 
 FORMATS = ("parquet", "tsv", "jsonl", "json")
 IMAGE_KINDS = ("auto", "hf_image", "base64", "path", "bytes")
-_EXT_FORMAT = {".parquet": "parquet", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 # pandas' default NA strings: VLMEvalKit reads its TSVs with pandas, so an option or hint cell
 # holding one of these is absent there.
@@ -172,66 +173,20 @@ def _looks_like_path(s: str) -> bool:
 # ------------------------------------------------------------------------------------- readers
 
 
-class _ParquetImages:
-    """Reads one image cell of a parquet file on demand, one row group at a time (the last row
-    group read is kept), so a benchmark's image bytes are never all in memory."""
-
-    def __init__(self, path: Path, column: str):
-        import pyarrow.parquet as pq
-
-        self.path, self.column = path, column
-        self._pf = None
-        meta = pq.ParquetFile(path).metadata
-        self._starts = []
-        n = 0
-        for i in range(meta.num_row_groups):
-            self._starts.append(n)
-            n += meta.row_group(i).num_rows
-        self._cache: tuple[int, Any] | None = None
-
-    def cell(self, row: int):
-        import bisect
-
-        import pyarrow.parquet as pq
-
-        rg = bisect.bisect_right(self._starts, row) - 1
-        if self._cache is None or self._cache[0] != rg:
-            if self._pf is None:
-                self._pf = pq.ParquetFile(self.path)
-            table = self._pf.read_row_group(rg, columns=[self.column])
-            self._cache = (rg, table.column(0))
-        return self._cache[1][row - self._starts[rg]].as_py()
-
-
 def _read_parquet(path: Path, image_field: str | None, with_images: bool):
-    """Rows (image column left out) and, per row, a zero-arg getter of its image cell."""
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # pyarrow raises its own error types for broken files
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-    names = schema.names
-    cols = [c for c in names if c != image_field]
-    table = pq.read_table(path, columns=cols)
-    rows = table.to_pylist()
+    """Rows (image column left out) and, per row, a zero-arg getter of its image cell (read from the file
+    one row group at a time when called)."""
+    records, lazy = read_parquet(path, (image_field,) if image_field else ())
+    rows = [r.data for r in records]
     getters: list[Callable[[], Any] | None] = [None] * len(rows)
-    lazy_single = True
-    if with_images and image_field:
-        if image_field not in names:
-            raise ValueError(f"{path}: no image column {image_field!r} (columns: {', '.join(names)})")
-        import pyarrow as pa
-
-        ftype = schema.field(image_field).type
-        if pa.types.is_list(ftype) or pa.types.is_large_list(ftype):
-            # Several images per row: read the column now so each doc knows its image count.
-            cells = pq.read_table(path, columns=[image_field]).column(0).to_pylist()
-            getters = [(lambda v=v: v) for v in cells]
-            lazy_single = False
-        else:
-            reader = _ParquetImages(path, image_field)
-            getters = [(lambda i=i: reader.cell(i)) for i in range(len(rows))]
-    return rows, getters, lazy_single
+    if not (with_images and image_field):
+        return rows, getters, True
+    if image_field not in lazy:
+        raise ValueError(f"{path}: no image column {image_field!r} (columns: {', '.join(parquet_columns(path))})")
+    cells = lazy[image_field]
+    getters = [(lambda i=i: cells.cell(i)) for i in range(len(rows))]
+    # Several images per row: the cells are read when the docs are built, so each doc knows its image count.
+    return rows, getters, not cells.is_list
 
 
 class _Tracker:
@@ -326,35 +281,11 @@ def _read_tsv(path: Path, image_field: str | None, with_images: bool):
 
 
 def _read_jsonl(path: Path, image_field: str | None, with_images: bool):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return _split_image_field(rows, image_field, with_images)
+    return _split_image_field([r.data for r in read_jsonl(path)], image_field, with_images)
 
 
 def _read_json(path: Path, image_field: str | None, with_images: bool):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON ({e})") from None
-    if isinstance(data, dict):
-        for key in ("data", "rows", "questions", "annotations"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ValueError(f"{path}: expected a JSON list of objects")
-    return _split_image_field(list(data), image_field, with_images)
+    return _split_image_field([r.data for r in read_json(path)], image_field, with_images)
 
 
 def _split_image_field(rows, image_field, with_images):
@@ -544,7 +475,7 @@ class Task:
             files = sorted((f for f in p.glob(pattern) if f.is_file()), key=lambda f: str(f))
         else:
             fmt = self.data.format
-            exts = [e for e, v in _EXT_FORMAT.items() if v == fmt] if fmt else list(_EXT_FORMAT)
+            exts = [e for e, v in FILE_TYPES.items() if v == fmt] if fmt else list(FILE_TYPES)
             files = sorted((f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts), key=lambda f: str(f))
         if not files:
             want = pattern or f"*.{self.data.format or '{parquet,tsv,jsonl,json}'}"
@@ -552,7 +483,7 @@ class Task:
         return files
 
     def file_format(self, path: Path) -> str:
-        fmt = _EXT_FORMAT.get(path.suffix.lower()) or self.data.format
+        fmt = FILE_TYPES.get(path.suffix.lower()) or self.data.format
         if fmt is None:
             raise ValueError(f"{path}: cannot tell the file format from the extension; set data.format in the task")
         return fmt
