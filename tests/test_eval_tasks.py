@@ -513,5 +513,5 @@ def test_lazy_image_decodes_rgb():
 
     im = LazyImage(lambda: pb((1, 2, 3)), "test")()
     assert isinstance(im, Image.Image) and im.mode == "RGB" and im.getpixel((0, 0)) == (1, 2, 3)
-    with pytest.raises(ValueError, match="cannot decode"):
+    with pytest.raises(ValueError, match="src: image bytes is not a decodable image"):
         LazyImage(lambda: b"not an image", "src")()

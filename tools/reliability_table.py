@@ -148,7 +148,7 @@ The rules behind the rows:
 
 Known gaps (not covered by a row below):
 
-- `vlmrl eval` decodes benchmark images with plain PIL (`vlmrl/evaluation/tasks.py:LazyImage`), as
+- `vlmrl eval` decodes benchmark images with plain PIL (`vlmrl/data/images.py:LazyImage`), as
   lmms-eval does: no EXIF rotation, the alpha channel dropped, PIL's own pixel limit.
 """
 

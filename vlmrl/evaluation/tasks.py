@@ -48,10 +48,7 @@ YAML keys (see ``eval/*.yaml``)::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
-import io
 import json
 import math
 import os
@@ -62,14 +59,13 @@ from typing import Any, Callable
 
 import yaml
 
+from vlmrl.data.images import IMAGE_KINDS, LazyImage, image_cells
 from vlmrl.data.tables import FILE_TYPES, parquet_columns, read_json, read_jsonl, read_parquet
 
 from .scorers.choice import LETTERS, parse_labelled_options, parse_options
 from .scorers.mathvista import mathvista_prompt
 
 FORMATS = ("parquet", "tsv", "jsonl", "json")
-IMAGE_KINDS = ("auto", "hf_image", "base64", "path", "bytes")
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 # pandas' default NA strings: VLMEvalKit reads its TSVs with pandas, so an option or hint cell
 # holding one of these is absent there.
 _PANDAS_NA = {
@@ -110,64 +106,6 @@ def _absent_cell(v, fmt: str) -> bool:
     """An empty option / hint cell: None, NaN, blank, the text "nan" (lmms-eval's parquet exports),
     or in a TSV one of pandas' NA strings (VLMEvalKit reads its TSVs with pandas)."""
     return _missing(v) or not str(v).strip() or str(v) == "nan" or (fmt == "tsv" and str(v) in _PANDAS_NA)
-
-
-# --------------------------------------------------------------------------------------- images
-
-
-class LazyImage:
-    """One image of a document, read and decoded only when called.
-
-    ``img()`` returns an RGB ``PIL.Image``; ``img.read_bytes()`` the encoded file bytes;
-    ``img.source`` says where it comes from (for messages and traces).
-    """
-
-    __slots__ = ("_read", "source", "path")
-
-    def __init__(self, read: Callable[[], bytes], source: str, path: Path | None = None):
-        self._read = read
-        self.source = source
-        self.path = path  # the image file, for images stored as files
-
-    def read_bytes(self) -> bytes:
-        return self._read()
-
-    def __call__(self):
-        from PIL import Image, UnidentifiedImageError
-
-        data = self.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{self.source}: cannot decode the image ({e})") from None
-
-    def __repr__(self) -> str:
-        return f"LazyImage({self.source})"
-
-
-def _read_file(path: Path, source: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise FileNotFoundError(f"{source}: cannot read image file {path} ({e.strerror})") from None
-
-    return read
-
-
-def _b64(value: str, source: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            return base64.b64decode(value, validate=False)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"{source}: image field is not valid base64 ({e})") from None
-
-    return read
-
-
-def _looks_like_path(s: str) -> bool:
-    return len(s) < 1024 and ("/" in s or "\\" in s or s.lower().endswith(_IMAGE_EXTS))
 
 
 # ------------------------------------------------------------------------------------- readers
@@ -302,36 +240,6 @@ def _split_image_field(rows, image_field, with_images):
 
 
 _READERS = {"parquet": _read_parquet, "tsv": _read_tsv, "jsonl": _read_jsonl, "json": _read_json}
-
-
-def _images_from_cell(cell, kind: str, root: Path, source: str) -> list[LazyImage]:
-    """LazyImages for one image cell (HF struct, bytes, base64 text, path, or a list of them)."""
-    if isinstance(cell, tuple) and len(cell) == 2 and cell[0] == "base64":  # TSV cell
-        kind, cell = "base64", cell[1]
-    if _missing(cell):
-        return []
-    if isinstance(cell, (list, tuple)):
-        out = []
-        for k, c in enumerate(cell):
-            out.extend(_images_from_cell(c, kind, root, f"{source}[{k}]"))
-        return out
-    if isinstance(cell, dict):
-        data, p = cell.get("bytes"), cell.get("path")
-        if data:
-            return [LazyImage(lambda d=bytes(data): d, source)]
-        if p:
-            return [LazyImage(_read_file(root / p, source), source, root / p)]
-        return []
-    if isinstance(cell, (bytes, bytearray, memoryview)):
-        return [LazyImage(lambda d=bytes(cell): d, source)]
-    if isinstance(cell, str):
-        if not cell.strip():
-            return []
-        if kind == "path" or (kind in ("auto", "hf_image") and _looks_like_path(cell)):
-            p = root / cell
-            return [LazyImage(_read_file(p, source), source, p)]
-        return [LazyImage(_b64(cell, source), source)]
-    raise ValueError(f"{source}: unsupported image value of type {type(cell).__name__}")
 
 
 # ------------------------------------------------------------------------------------------ task
@@ -525,13 +433,13 @@ class Task:
         if lazy_single:
             # The cell is read only when the image is used: one image per row.
             def read() -> bytes:
-                found = _images_from_cell(getter(), kind, root, src)
+                found = image_cells(getter(), kind, root, src)
                 if not found:
                     raise ValueError(f"{src}: no image in this row")
                 return found[0].read_bytes()
 
             return [LazyImage(read, src)]
-        images = _images_from_cell(getter(), kind, root, src)
+        images = image_cells(getter(), kind, root, src)
         for im in images:
             if im.path is not None and not im.path.is_file():
                 raise FileNotFoundError(f"{src}: image file {im.path} does not exist")
