@@ -10,7 +10,8 @@ from .images import (
     resolve_path,
     to_rgb,
 )
-from .loaders import VQADataset, detect_format, find_data_files, infer_answer_type, load_dataset, load_samples
+from .formats import detect_format, infer_answer_type
+from .loaders import VQADataset, find_data_files, load_dataset, load_samples
 from vlmrl.family import default_convention
 
 from .prompts import (

@@ -9,7 +9,7 @@ file reported, the same way for both:
   file, the row and the line.
 - :class:`ParquetCells` reads one (image) column of a parquet file one row group at a time, on demand, so
   a benchmark's image bytes are never all in memory; :func:`read_parquet` returns the other columns' rows
-  and a ParquetCells per image column.
+  and a ParquetCells per image column; :class:`LazyRowImages` is one row's images of such a column.
 
 TSV files are read by their users: training TSVs carry JSON cells and option columns
 (``loaders._read_tsv``), VLMEvalKit TSVs carry base64 images re-read from their byte offsets
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,27 @@ class ParquetCells:
             scalar = self._group(row)
             out.append(0 if not scalar.is_valid else (len(scalar) if self.is_list else 1))
         return out
+
+
+class LazyRowImages(Sequence):
+    """The images of one parquet row: their number is known, their bytes are read from the file only when
+    indexed."""
+
+    def __init__(self, cells: ParquetCells, index: int, n: int):
+        self._cells = cells
+        self._index = index
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(self._n))]
+        if not -self._n <= k < self._n:
+            raise IndexError(k)
+        value = self._cells.cell(self._index)
+        return value[k] if self._cells.is_list else value
 
 
 def read_parquet(path: Path, image_fields: tuple[str, ...] = ()) -> tuple[list[Record], dict[str, ParquetCells]]:
