@@ -13,7 +13,7 @@ file reported, the same way for both:
 
 TSV files are read by their users: training TSVs carry JSON cells and option columns
 (``loaders._read_tsv``), VLMEvalKit TSVs carry base64 images re-read from their byte offsets
-(``tasks._read_tsv``). Decoding an image cell (bytes, base64, paths, HF image dicts) is
+(``evaluation/task_files._read_tsv``). Decoding an image cell (bytes, base64, paths, HF image dicts) is
 ``vlmrl/data/images.py``'s job.
 """
 
