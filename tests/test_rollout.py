@@ -224,3 +224,17 @@ def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
         lp = pol.logprobs(seqs, mask)
     assert (mask.sum(1) > len(pol.forced)).all()  # real sampled tokens in the second turn
     assert torch.allclose(lp * mask, rec * mask, atol=1e-4), ((lp - rec) * mask).abs().max()
+
+
+def test_rollout_settings_are_the_recipe_section():
+    """One schema: a recipe's rollout section is the engine's RolloutConfig; bad values are refused when the
+    recipe loads (ConfigError naming the recipe and the fields), not at the first rollout."""
+    from vlmrl.config import Config, ConfigError, load_config
+
+    assert Config().rollout == RolloutConfig() and RolloutConfig().mode == "direct"
+    cfg = load_config(None, ["rollout.mode=tool", "rollout.reuse_kv=false", "rollout.first_turn_prefix=<think>"])
+    assert isinstance(cfg.rollout, RolloutConfig) and (cfg.rollout.mode, cfg.rollout.reuse_kv) == ("tool", False)
+    with pytest.raises(ConfigError, match=r"crop_max_pixels \(0\) must be >= crop_min_pixels \(200704\)"):
+        load_config(None, ["rollout.crop_max_pixels=0"])
+    with pytest.raises(ConfigError, match="rollout mode must be 'tool' or 'direct', got 'chat'"):
+        load_config(None, ["rollout.mode=chat"])

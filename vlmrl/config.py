@@ -47,7 +47,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     """Rollout settings: a recipe's ``rollout:`` section, what the rollout engine takes, and what ``vlmrl eval``
-    starts from (``--recipe``; its flags override single fields). Invalid values raise ValueError here."""
+    starts from (``--recipe``; its flags override single fields). Invalid values raise ConfigError (a
+    ValueError) here, so a recipe is refused when it loads."""
 
     mode: str = "direct"  # direct (one turn, full resolution) | tool (low-res view + crop tool: AdaptVision loop)
     group_size: int = 4  # G samples per prompt (the trainer's; the engine takes it per rollout call)
@@ -72,13 +73,13 @@ class RolloutConfig:
 
     def __post_init__(self):
         if self.mode not in ("tool", "direct"):
-            raise ValueError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
+            raise ConfigError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
         if self.max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
+            raise ConfigError("max_turns must be >= 1")
         for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
             lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
             if hi < lo:
-                raise ValueError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
+                raise ConfigError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
 
 
 @dataclass

@@ -74,10 +74,3 @@ def default_convention(family: str) -> str:
     """Coordinate convention a model family was trained with: "absolute" for Qwen2.5-VL,
     "rel1000" for Qwen2-VL and Qwen3-VL. Accepts "qwen2_5_vl", "qwen2.5-vl", "Qwen2.5-VL", ..."""
     return get_family(family).convention
-
-
-def check_convention(convention: str) -> str:
-    """``convention`` if it is one of :data:`CONVENTIONS`; ValueError naming the choices otherwise."""
-    if convention not in CONVENTION_RANGE:
-        raise ValueError(f"unknown coordinate convention {convention!r}; expected one of {list(CONVENTIONS)}")
-    return convention
