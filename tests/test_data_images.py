@@ -238,3 +238,38 @@ def test_fit_to_budget_examples():
     assert fit_to_budget(Image.new("RGB", (448, 448)), 28, max_pixels=112 * 112).size == (112, 112)
     with pytest.raises(ValueError, match="unknown model family"):
         fit_to_budget(im, "llava")
+
+
+# ---------------------------------------------------------------- benchmark image cells (LazyImage)
+
+
+def _png(mode="RGB", color=(10, 20, 30)):
+    buf = io.BytesIO()
+    Image.new(mode, (4, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_cells_kinds(tmp_path):
+    from vlmrl.data.images import image_cells
+
+    png = _png()
+    (tmp_path / "im.png").write_bytes(png)
+    text = base64.b64encode(png).decode()
+    cells = [{"bytes": png, "path": None}, {"bytes": None, "path": "im.png"}, png, "im.png", text,
+             "data:image/png;base64," + text, ["im.png", None, text]]
+    images = [im for c in cells for im in image_cells(c, "auto", tmp_path, "src")]
+    assert len(images) == 8 and all(im().getpixel((0, 0)) == (10, 20, 30) for im in images)
+    assert images[3].path == tmp_path / "im.png" and images[1].source == "src"
+    assert image_cells(None, "auto", tmp_path, "src") == [] and image_cells("  ", "auto", tmp_path, "src") == []
+    assert image_cells(("base64", text), "path", tmp_path, "src")[0]().size == (4, 4)  # a TSV cell
+    with pytest.raises(FileNotFoundError, match="src: cannot read image file"):
+        image_cells("missing.png", "auto", tmp_path, "src")[0]()
+    with pytest.raises(ValueError, match="src: unsupported image value of type int"):
+        image_cells(3, "auto", tmp_path, "src")
+
+
+def test_plain_decoding_drops_alpha_like_lmms_eval():
+    # A transparent pixel: plain PIL keeps its colour (alpha dropped), vlmrl's training decode composites on white.
+    rgba = _png("RGBA", (10, 20, 30, 0))
+    assert decode_image(rgba, plain=True).getpixel((0, 0)) == (10, 20, 30)
+    assert decode_image(rgba).getpixel((0, 0)) == (255, 255, 255)

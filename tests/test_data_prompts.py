@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from vlmrl.data import Sample, build_messages, coords_for_family, crop_tool_schema, direct_messages, tool_messages
+from vlmrl.data import Sample, build_messages, default_convention, crop_tool_schema, direct_messages, tool_messages
 from vlmrl.data.prompts import parse_tools_block, tool_system_prompt
 
 
@@ -40,7 +40,7 @@ def test_multiple_images_and_include_images(sample):
 
 
 @pytest.mark.parametrize("style", ["full", "compact"])
-@pytest.mark.parametrize("coords, phrase", [("absolute", "pixel"), ("relative1000", "1000"), ("relative1", "0-1")])
+@pytest.mark.parametrize("coords, phrase", [("absolute", "pixel"), ("rel1000", "1000"), ("rel1", "0-1")])
 def test_tool_messages_declare_the_schema(sample, style, coords, phrase):
     msgs = tool_messages(sample, style=style, coords=coords)
     system = msgs[0]["content"]
@@ -90,5 +90,5 @@ def test_build_messages_and_validation(sample):
         direct_messages(sample, style="tiny")
     with pytest.raises(ValueError, match="coords"):
         tool_messages(sample, coords="normalized")
-    assert coords_for_family("qwen2_5_vl") == "absolute"
-    assert coords_for_family("qwen2_vl") == coords_for_family("qwen3_vl") == "relative1000"
+    assert default_convention("qwen2_5_vl") == "absolute"
+    assert default_convention("qwen2_vl") == default_convention("qwen3_vl") == "rel1000"

@@ -187,3 +187,38 @@ def test_image_max_pixels_caps_the_direct_view(data, model, tmp_path, capsys):
                "--image-max-pixels", "1000", "--no-progress"])
     assert rc != 0 and "image_max_pixels (1000) must be >= image_min_pixels (3136)" in capsys.readouterr().err
     assert not (tmp_path / "y" / "samples.jsonl").exists()
+
+
+def test_rollout_settings_from_flags_and_recipe(tmp_path):
+    """--recipe takes a training recipe's rollout section; flags given override single fields; without a
+    recipe: direct mode, the task's max_new_tokens and RolloutConfig's defaults (what vlmrl eval always used)."""
+    import argparse
+    from pathlib import Path
+
+    from vlmrl.config import RolloutConfig
+    from vlmrl.evaluation.cli import add_args, rollout_settings
+    from vlmrl.evaluation.harness import EvalSettings
+    from vlmrl.evaluation.tasks import load_task
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    task = load_task("zoom")
+
+    def settings(*argv):
+        return rollout_settings(parser.parse_args(["--task", "zoom", "--model", "m", *argv]), task)
+
+    assert settings() == RolloutConfig(mode="direct", max_new_tokens=task.generation["max_new_tokens"])
+    assert settings("--tool", "--max-turns", "3").mode == "tool" and settings("--max-turns", "3").max_turns == 3
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    r = settings("--recipe", str(recipe))
+    assert (r.mode, r.max_new_tokens, r.crop_min_pixels, r.crop_max_pixels, r.prompt_style) == (
+        "tool", 64, 12544, 50176, "bare")
+    r = settings("--recipe", str(recipe), "--direct", "--max-new-tokens", "8", "--prefix", "<think>")
+    assert (r.mode, r.max_new_tokens, r.first_turn_prefix, r.prompt_style) == ("direct", 8, "<think>", "bare")
+    # the temperature is the evaluation's, never the recipe's (1.0 for training)
+    assert EvalSettings(rollout=r).engine_config().temperature == 0.0
+    assert EvalSettings(rollout=r, samples=4).engine_config().temperature == 1.0
+    with pytest.raises(ValueError, match="--crop-max-pixels must be >= 784"):
+        settings("--crop-max-pixels", "100")
+    with pytest.raises(SystemExit):  # --tool and --direct exclude each other
+        settings("--tool", "--direct")

@@ -374,6 +374,9 @@ def test_zoom_native_jsonl(tmp_path):
     responses = ["<answer>7</answer>", "There are 12.0 boxes", "\\boxed{Red.}", "A", "<think>hmm</think><answer>(C)</answer>"]
     metrics, per_doc, docs = score("zoom", path, responses)
     assert [r["score"] for r in per_doc] == [1, 1, 1, 0, 1]
+    # numbers: the last one counts ("3 or 12" -> 12), a percent sign is ignored
+    _, per_doc, _ = score("zoom", path, ["<answer>5 or 7</answer>", "12%", "red", "B", "C"])
+    assert [r["parsed"] for r in per_doc[:2]] == [7.0, 12.0] and [r["score"] for r in per_doc] == [1, 1, 1, 1, 1]
     assert metrics == pytest.approx({"accuracy": 4 / 5, "accuracy_zoom": 2 / 3, "accuracy_no_zoom": 1.0})
     assert docs[3]["prompt"] == "Shape?\nA. circle\nB. square\nC. star"
     assert docs[0]["images"][0].path == tmp_path / "images" / "0.png"
@@ -464,7 +467,7 @@ def test_missing_image_file_is_an_error(tmp_path):
 def test_malformed_jsonl_names_the_line(tmp_path):
     p = tmp_path / "test.jsonl"
     p.write_text('{"question": "q"}\n{oops\n')
-    with pytest.raises(ValueError, match="test.jsonl: line 2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"test.jsonl, row 1 \(line 2\): invalid JSON"):
         load_task("zoom").load_docs(p, images=False)
 
 
@@ -510,5 +513,5 @@ def test_lazy_image_decodes_rgb():
 
     im = LazyImage(lambda: pb((1, 2, 3)), "test")()
     assert isinstance(im, Image.Image) and im.mode == "RGB" and im.getpixel((0, 0)) == (1, 2, 3)
-    with pytest.raises(ValueError, match="cannot decode"):
+    with pytest.raises(ValueError, match="src: image bytes is not a decodable image"):
         LazyImage(lambda: b"not an image", "src")()

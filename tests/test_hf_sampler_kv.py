@@ -430,9 +430,13 @@ def test_continuing_exactly_the_cached_tokens(tiny_policies):
     _assert_same(a, _generate(HFSampler(pol, NO_REUSE), reuse, generator=torch.Generator().manual_seed(1), **kw))
 
 
+def _seed3():
+    return torch.Generator().manual_seed(3)
+
+
 def _tool_engine(pol, reuse_kv, **sampler_config):
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=48, crop_min_pixels=4 * 28 * 28,
-                        crop_max_pixels=256 * 256, temperature=1.0, seed=3)
+                        crop_max_pixels=256 * 256, temperature=1.0)
     sampler = HFSampler(pol, HFSamplerConfig(reuse_kv=reuse_kv, **sampler_config))
     return RolloutEngine(pol, cfg, messages_fn=_user_only, sampler=sampler)
 
@@ -458,7 +462,7 @@ def test_two_turn_rollout_with_reused_cache_equals_reprefill(family, shared, tin
     for reuse_kv in (True, False):
         with forced(pol.core.lm_head, call):
             engine = _tool_engine(pol, reuse_kv, **extra)
-            runs.append(engine.rollout(_samples(), n_per_prompt=3))
+            runs.append(engine.rollout(_samples(), n_per_prompt=3, generator=_seed3()))
             assert engine.sampler.continued == reuse_kv
             assert not engine.sampler._last  # the rollout ended: the rows' cache is freed
     fast, slow = runs
@@ -598,7 +602,7 @@ def test_first_turn_prefix_is_part_of_the_turn_and_keeps_the_cache(tiny_policies
         eng = _tool_engine(pol, reuse_kv)
         eng.cfg = replace(eng.cfg, first_turn_prefix=prefix)
         with forced(pol.core.lm_head, rest):
-            runs.append(eng.rollout(_samples(), n_per_prompt=2))
+            runs.append(eng.rollout(_samples(), n_per_prompt=2, generator=_seed3()))
     fast, slow = runs
     for t in fast:
         assert t.turns[0] == text and len(t.turns) == 2 and t.tool_calls[0].valid
@@ -621,11 +625,11 @@ def test_first_turn_prefix_fills_in_each_question(tiny_policies):
     call = CALL % "0, 0, 112, 112"
     eng = _tool_engine(pol, True)
     eng.cfg = replace(eng.cfg, first_turn_prefix="<think>{question}</think>" + call[len("<think>zoom</think>"):])
-    trajs = eng.rollout(samples, n_per_prompt=2)
+    trajs = eng.rollout(samples, n_per_prompt=2, generator=_seed3())
     for t, s in zip(trajs, [samples[0]] * 2 + [samples[1]] * 2):
         assert t.turns[0].startswith(f"<think>{s.question}</think><tool_call>") and t.tool_calls[0].valid
     eng.cfg = replace(eng.cfg, first_turn_prefix="<think>{question} I", max_turns=1)
-    trajs = eng.rollout(samples, n_per_prompt=2)
+    trajs = eng.rollout(samples, n_per_prompt=2, generator=_seed3())
     for t, s in zip(trajs, [samples[0]] * 2 + [samples[1]] * 2):
         n = len(pol.tokenizer.encode(f"<think>{s.question} I", add_special_tokens=False))
         assert t.turns[0].startswith(f"<think>{s.question} I")

@@ -144,7 +144,7 @@ def test_fixed_layout_keeps_the_tag_in_one_place():
 def test_minimal_prompt_is_short_and_declares_the_call():
     from vlmrl.data.prompts import direct_messages, tool_messages
 
-    tm = tool_messages(question="What color?", num_images=1, style="minimal", coords="relative1000")
+    tm = tool_messages(question="What color?", num_images=1, style="minimal", coords="rel1000")
     assert '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>' in tm[0]["content"]
     assert "0-1000" in tm[0]["content"]
     assert tm[1]["content"][-1]["text"] == "What color?"

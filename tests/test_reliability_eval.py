@@ -62,7 +62,7 @@ def test_bad_images_are_counted_and_reported(zoom, model, tmp_path, capsys, monk
     result = json.loads((out / "results.json").read_text())
     assert result["n"] == 4 and result["n_docs"] == 6 and result["skipped_docs"] == 2
     assert [x["doc_id"] for x in _lines(out)] == [0, 2, 3, 5]
-    for doc_id, text in ((1, "image file is truncated"), (4, "cannot identify image file")):
+    for doc_id, text in ((1, "image file is truncated"), (4, "is not a decodable image")):
         (msg,) = [m for m in result["skipped"] if m.startswith(f"doc {doc_id}: ")]
         assert f"test.jsonl row {doc_id}" in msg and text in msg, msg
     assert "eval zoom: skipped doc 1" in capsys.readouterr().err

@@ -84,6 +84,23 @@ def test_parse_number(text, expected):
     assert parse_number(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("3 or 4", (4.0, False)), ("I count 3, no: 12%", (12.0, True)), ("1/2 of 10", (10.0, False)),
+    ("none", None), ("7", (7.0, False)), ("2 and 1e999", (2.0, False)),
+])
+def test_parse_number_last(text, expected):
+    # The zoom scorer's rule: the same number grammar, but the last of several numbers counts.
+    assert parse_number(text, when_several="last") == expected
+
+
+def test_parse_number_edges():
+    assert parse_number("1e999") is None  # too large for a float: not a number, not an OverflowError
+    assert parse_number(float("nan")) is None
+    assert parse_number(3) == (3.0, False)
+    with pytest.raises(ValueError, match="when_several"):
+        parse_number("3", when_several="first")
+
+
 def test_number_accuracy():
     def acc(pred, answer, **kw):
         return score_answer(pred, answer, "number", **kw)

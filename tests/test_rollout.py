@@ -54,7 +54,7 @@ class Scripted(Sampler):
 
 
 def engine_for(pol, script, **cfg):
-    base = dict(mode="tool", max_turns=2, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224,
+    base = dict(mode="tool", max_turns=2, max_new_tokens=128, crop_min_pixels=4 * 28 * 28, crop_max_pixels=224 * 224,
                 max_total_tokens=2000)
     base.update(cfg)
     return RolloutEngine(pol, RolloutConfig(**base), messages_fn=user_only, sampler=Scripted(pol.tokenizer, script))
@@ -231,9 +231,10 @@ def test_teacher_forced_pass_reproduces_sampled_logprobs(family, tiny_policies):
     box = "0, 0, 112, 112" if family == "qwen2_5_vl" else "0, 0, 500, 500"
     sampler = ForcedFirstTurn(base, CALL % box)
     cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=24, crop_min_pixels=4 * 28 * 28,
-                        crop_max_pixels=256 * 256, temperature=1.0, seed=1)
+                        crop_max_pixels=256 * 256, temperature=1.0)
     samples = [make_sample(), make_sample((336, 448), sid="s1")]
-    trajs = RolloutEngine(base, cfg, messages_fn=user_only, sampler=sampler).rollout(samples, n_per_prompt=3)
+    trajs = RolloutEngine(base, cfg, messages_fn=user_only, sampler=sampler).rollout(samples, n_per_prompt=3,
+                                                                                       generator=torch.Generator().manual_seed(1))
     assert all(len(t.turns) == 2 and t.tool_calls[0].valid for t in trajs)
     seqs = [Seq(t.ids, t.vision) for t in trajs]
     T = max(len(s.ids) for s in seqs)
@@ -293,3 +294,17 @@ def test_a_minimal_sampler_drives_the_engine_through_a_tool_turn(pol):
     assert p1.max_new_tokens == [min(40, 2000 - len(p.ids)) for p in second]
     assert fake.synced == []  # the engine never syncs weights: that is the trainer's business
     assert fake.released == 1  # but says when no later turn will extend the rows
+
+
+def test_rollout_settings_are_the_recipe_section():
+    """One schema: a recipe's rollout section is the engine's RolloutConfig; bad values are refused when the
+    recipe loads (ConfigError naming the recipe and the fields), not at the first rollout."""
+    from vlmrl.config import Config, ConfigError, load_config
+
+    assert Config().rollout == RolloutConfig() and RolloutConfig().mode == "direct"
+    cfg = load_config(None, ["rollout.mode=tool", "hf_sampler.reuse_kv=false", "rollout.first_turn_prefix=<think>"])
+    assert isinstance(cfg.rollout, RolloutConfig) and (cfg.rollout.mode, cfg.hf_sampler.reuse_kv) == ("tool", False)
+    with pytest.raises(ConfigError, match=r"crop_max_pixels \(0\) must be >= crop_min_pixels \(200704\)"):
+        load_config(None, ["rollout.crop_max_pixels=0"])
+    with pytest.raises(ConfigError, match="rollout mode must be 'tool' or 'direct', got 'chat'"):
+        load_config(None, ["rollout.mode=chat"])

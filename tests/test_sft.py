@@ -144,11 +144,10 @@ def test_sft_lowers_loss_and_saves(trained):
 def test_sft_learns_the_format(assets, trained, tiny_policies):
     from vlmrl.models.policy import Policy
     from vlmrl.rollout.engine import RolloutEngine
-    from vlmrl.train.trainer import rollout_config
 
     cfg, out = trained
     rows = [s for s in _rows(assets) if not s.meta["needs_zoom"]][:3]
-    rc = replace(rollout_config(cfg), temperature=0.0, max_new_tokens=24)
+    rc = replace(cfg.rollout, temperature=0.0, max_new_tokens=24)
 
     def n_answers(pol):
         trajs = RolloutEngine(pol, rc).rollout(rows, 1, generator=torch.Generator().manual_seed(0))

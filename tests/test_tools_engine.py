@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmrl.config import load_config
+from vlmrl.config import ConfigError, load_config
 from vlmrl.data.prompts import parse_tools_block
 from vlmrl.rollout import NestedCropTool, Tool, ToolContext, available_tools, get_tool, make_tool
 from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
@@ -153,13 +153,12 @@ class MyTool(Tool):
 
 
 def test_user_tool_from_a_recipe(pol, tmp_path):
-    from vlmrl.train.trainer import rollout_config
 
     path = tmp_path / "my_tool.py"
     path.write_text(USER_TOOL)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"rollout:\n  mode: tool\n  tool: {path}:MyTool\n  tool_name: count\n  max_turns: 2\n")
-    cfg = rollout_config(load_config(recipe))
+    cfg = load_config(recipe).rollout
     assert cfg.tool == f"{path}:MyTool" and cfg.tool_name == "count"
     image = Image.new("RGB", (448, 448), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 10, 20))  # 200 bright pixels
@@ -199,7 +198,7 @@ def test_registry_errors(tmp_path):
     assert type(make_tool("nested_crop", "zoom")) is NestedCropTool and make_tool("nested_crop", "zoom").name == "zoom"
     with pytest.raises(KeyError, match="unknown tool 'zoomer'.*registered"):
         get_tool("zoomer")
-    with pytest.raises(KeyError, match="unknown tool 'zoomer'"):
+    with pytest.raises(ConfigError, match="rollout.tool: unknown tool 'zoomer'"):
         RolloutConfig(tool="zoomer")  # a recipe with a bad tool fails when it loads
     path = tmp_path / "tools.py"
     path.write_text("from vlmrl.rollout.tools import Tool\n\nclass Good(Tool):\n    pass\n\ndef not_a_tool():\n    pass\n")

@@ -63,9 +63,9 @@ ELSEWHERE = [
     ("images", "a missing image file", "FileNotFoundError naming file, row and field at load",
      "tests/test_data_loaders.py::test_missing_image_file_is_file_not_found"),
     ("rows", "missing fields, null fields, wrong types (question, answer, images, choices, meta, answer_type, id)",
-     "DataError naming file, row (line) and field at load", "tests/test_data_loaders.py::test_field_errors_name_file_row_field"),
+     "DataError naming file, row (line) and field at load", "tests/test_data_formats.py::test_field_errors_name_file_row_field"),
     ("rows", "`<image>` placeholders or image parts that do not match the number of images (vlmrl, EasyR1, TRL rows)",
-     "DataError naming file, row and field", "tests/test_data_loaders.py::test_placeholder_mismatch_easyr1_and_trl"),
+     "DataError naming file, row and field", "tests/test_data_formats.py::test_placeholder_mismatch_easyr1_and_trl"),
     ("rows", "image paths escaping the dataset root: ../, absolute, a symlink pointing outside",
      "DataError naming file, row and field at load", "tests/test_data_loaders.py::test_path_escapes_are_rejected_at_load"),
     ("rows", "invalid JSON on a line, a row that is not an object, an unknown row format, an unsupported file type",
@@ -148,7 +148,7 @@ The rules behind the rows:
 
 Known gaps (not covered by a row below):
 
-- `vlmrl eval` decodes benchmark images with plain PIL (`vlmrl/evaluation/tasks.py:LazyImage`), as
+- `vlmrl eval` decodes benchmark images with plain PIL (`vlmrl/data/images.py:LazyImage`), as
   lmms-eval does: no EXIF rotation, the alpha channel dropped, PIL's own pixel limit.
 """
 

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         policy = Policy.load(args.model, dtype="float32", device=args.device)
         cfg = RolloutConfig(mode=args.mode, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, seed=args.seed)
+                            temperature=args.temperature)
         trajs = RolloutEngine(policy, cfg).rollout([sample], n_per_prompt=args.group_size,
                                                    generator=torch.Generator().manual_seed(args.seed))
     except (FileNotFoundError, ValueError) as e:

@@ -46,18 +46,22 @@ class DataConfig:
 
 
 @dataclass
-class RolloutSection:
-    mode: str = "direct"  # direct | tool (AdaptVision loop)
-    group_size: int = 4  # G samples per prompt
-    max_turns: int = 2
+class RolloutConfig:
+    """Rollout settings: a recipe's ``rollout:`` section, what the rollout engine takes, and what ``vlmrl eval``
+    starts from (``--recipe``; its flags override single fields). Invalid values raise ConfigError (a
+    ValueError) here, so a recipe is refused when it loads."""
+
+    mode: str = "direct"  # direct (one turn, full resolution) | tool (low-res view + crop tool: AdaptVision loop)
+    group_size: int = 4  # G samples per prompt (the trainer's; the engine takes it per rollout call)
+    max_turns: int = 2  # assistant turns per trajectory in tool mode (2 = one crop, then answer)
     max_new_tokens: int = 64  # per assistant turn
-    max_total_tokens: int = 2048
-    temperature: float = 1.0
+    max_total_tokens: int = 2048  # whole trajectory, prompt included
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
-    first_view_scale: float = 0.5
+    first_view_scale: float = 0.5  # per side, tool mode
     first_view_min_pixels: int = 4 * 28 * 28
     first_view_max_pixels: int = 1024 * 28 * 28
-    image_min_pixels: int = 4 * 28 * 28
+    image_min_pixels: int = 4 * 28 * 28  # direct mode budget
     image_max_pixels: int = 1024 * 28 * 28
     crop_min_pixels: int = 256 * 28 * 28
     crop_max_pixels: int = 1024 * 28 * 28
@@ -65,6 +69,36 @@ class RolloutSection:
     tool: str = "crop"  # the tool of tool mode: crop | nested_crop (crop from any earlier image) | module:Class | file.py:Class
     tool_name: str = "crop"  # the name the model writes in its calls (AdaptVision: request_local_region)
     prompt_style: str = "full"  # full | compact | minimal | bare
+    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
+    #                              "{question}" in it stands for the sample's question
+
+    def __post_init__(self):
+        if self.mode not in ("tool", "direct"):
+            raise ConfigError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
+        if self.max_turns < 1:
+            raise ConfigError("max_turns must be >= 1")
+        for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
+            lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
+            if hi < lo:
+                raise ConfigError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
+        from vlmrl.rollout.tools.registry import get_tool  # here, not at the top: the tools import this module
+
+        try:  # an unknown tool or a broken user file is refused when the recipe loads, not at the first call
+            get_tool(self.tool)
+        except (KeyError, ValueError, ImportError, AttributeError) as e:
+            raise ConfigError(f"rollout.tool: {e.args[0] if e.args else e}") from None
+
+
+@dataclass
+class HFSamplerConfig:
+    """The HF sampler's speed switches (recipe section ``hf_sampler:``; vlmrl/models/hf_sampler.py); none changes
+    what is sampled (beyond float rounding)."""
+
+    share_prompt_cache: bool = True  # a prompt's cache kept once for its samples (needs the fused decoding step)
+    share_prompt_min: int = 1 << 14  # ... when its keys per layer (kv heads x tokens x head dim) number at least this
+    packed_weights: bool = True  # decoding steps on oneDNN-packed weight copies (CPU, float32)
+    packed_min_numel: int = 1 << 17  # ... for weights of at least this many entries
+    reuse_kv: bool = True  # a call that extends the previous call's rows prefills only their new tokens
 
 
 @dataclass
@@ -159,7 +193,8 @@ class TrainConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    hf_sampler: HFSamplerConfig = field(default_factory=HFSamplerConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -10,10 +10,12 @@ from .images import (
     resolve_path,
     to_rgb,
 )
-from .loaders import VQADataset, detect_format, find_data_files, infer_answer_type, load_dataset, load_samples
+from .formats import detect_format, infer_answer_type
+from .loaders import VQADataset, find_data_files, load_dataset, load_samples
+from vlmrl.family import default_convention
+
 from .prompts import (
     build_messages,
-    coords_for_family,
     crop_tool_schema,
     direct_messages,
     tool_messages,
@@ -30,9 +32,9 @@ __all__ = [
     "VQADataset",
     "budget_size",
     "build_messages",
-    "coords_for_family",
     "crop_tool_schema",
     "decode_image",
+    "default_convention",
     "detect_format",
     "direct_messages",
     "find_data_files",

@@ -9,6 +9,9 @@
   ``{"bytes": ..., "path": ...}``, raw bytes, a base64 string (or ``data:image/...;base64,`` URI), or
   a path relative to the dataset root. Paths that leave the root (``..``, absolute, a symlink that
   resolves outside) are refused.
+- :func:`image_cells` turns one image cell of a benchmark table (bytes, base64 text, a data URI, a path,
+  an HF image dict, or a list of them) into :class:`LazyImage` s, read and decoded only when called, with
+  plain PIL as lmms-eval and VLMEvalKit do (``decode_image(..., plain=True)``).
 - :func:`check_aspect_ratio` refuses an image whose sides differ by more than 200x (no Qwen-VL takes it).
 - :func:`fit_to_budget` resizes (BICUBIC, RGB) to the ``smart_resize`` size for a family or factor: the one
   resizing path (data budgets, the tool mode's first view and crops).
@@ -116,18 +119,20 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(src: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, where: Any = None) -> Image.Image:
+def decode_image(src: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, where: Any = None,
+                 plain: bool = False) -> Image.Image:
     """Decode ``src`` (bytes-like, a file path, or a PIL image) into an RGB PIL image.
 
     ``max_pixels`` (None: no cap beyond PIL's own) refuses images whose header declares more pixels,
     before decoding them. ``where`` (a :class:`~vlmrl.data.sample.Where` or text) prefixes error
-    messages. Raises ``DataError`` (a ValueError) for empty, truncated, undecodable and oversized
-    images, ``FileNotFoundError`` for a missing path."""
+    messages. ``plain``: PIL's own ``convert("RGB")`` instead of :func:`to_rgb` (no EXIF rotation, alpha
+    dropped), as lmms-eval and VLMEvalKit read benchmark images. Raises ``DataError`` (a ValueError) for
+    empty, truncated, undecodable and oversized images, ``FileNotFoundError`` for a missing path."""
     w = where if isinstance(where, Where) else Where(file=where)
     if isinstance(src, Image.Image):
         _check_pixels(src.size, max_pixels, w)
         src.load()
-        return to_rgb(src)
+        return src.convert("RGB") if plain else to_rgb(src)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
@@ -167,7 +172,7 @@ def decode_image(src: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         except DECODE_ERRORS as e:
             raise w.error(f"{name} could not be decoded (corrupt or truncated, {len(data)} bytes): {e}") from None
     try:
-        return to_rgb(im)
+        return im.convert("RGB") if plain else to_rgb(im)
     except DECODE_ERRORS as e:
         raise w.error(f"{name} (mode {im.mode}) could not be converted to RGB: {e}") from None
 
@@ -344,6 +349,105 @@ def load_image(ref: Any, root: str | os.PathLike | None = None, *, max_pixels: i
             raise w.error("image is a path but the dataset has no root directory")
         return decode_image(resolve_path(ref, root, w), max_pixels=max_pixels, where=w)
     raise w.error(f"image must be an image struct, bytes, base64 text or a relative path, got {kind}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmark image cells
+
+IMAGE_KINDS = ("auto", "hf_image", "base64", "path", "bytes")
+"""What a benchmark task's image column holds (``data.image_kind``); auto: told apart per cell."""
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class LazyImage:
+    """One image of a benchmark document, read and decoded only when called.
+
+    ``img()`` returns an RGB ``PIL.Image`` (plain PIL decoding, PIL's own pixel limit);
+    ``img.read_bytes()`` the encoded file bytes; ``img.source`` says where it comes from (for messages and
+    traces); ``img.path`` is the image file for images stored as files.
+    """
+
+    __slots__ = ("_read", "source", "path")
+
+    def __init__(self, read, source: str, path: Path | None = None):
+        self._read = read
+        self.source = source
+        self.path = path
+
+    def read_bytes(self) -> bytes:
+        return self._read()
+
+    def __call__(self) -> Image.Image:
+        return decode_image(self.read_bytes(), max_pixels=None, where=self.source, plain=True)
+
+    def __repr__(self) -> str:
+        return f"LazyImage({self.source})"
+
+
+def _file_reader(path: Path, source: str):
+    def read() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"{source}: cannot read image file {path} ({e.strerror})") from None
+
+    return read
+
+
+def _base64_reader(value: str, source: str):
+    def read() -> bytes:
+        try:  # lenient, as VLMEvalKit's TSVs need (line breaks and padding vary)
+            return base64.b64decode(value, validate=False)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"{source}: image field is not valid base64 ({e})") from None
+
+    return read
+
+
+def _looks_like_path(s: str) -> bool:
+    return len(s) < 1024 and ("/" in s or "\\" in s or s.lower().endswith(_IMAGE_EXTS))
+
+
+def _is_missing(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, float) and cell != cell)
+
+
+def image_cells(cell: Any, kind: str, root: Path, source: str) -> list[LazyImage]:
+    """LazyImages for one image cell of a benchmark table: an HF image dict, bytes, base64 text (or a
+    ``data:`` URI), a path relative to ``root``, or a list of them; ``("base64", text)`` is a TSV cell.
+    ``kind`` (:data:`IMAGE_KINDS`) says how to read text: auto/hf_image tell base64 from a path per cell."""
+    if isinstance(cell, tuple) and len(cell) == 2 and cell[0] == "base64":  # TSV cell
+        kind, cell = "base64", cell[1]
+    if _is_missing(cell):
+        return []
+    if isinstance(cell, (list, tuple)):
+        out = []
+        for k, c in enumerate(cell):
+            out.extend(image_cells(c, kind, root, f"{source}[{k}]"))
+        return out
+    if isinstance(cell, dict):
+        data, p = cell.get("bytes"), cell.get("path")
+        if data:
+            return [LazyImage(lambda d=bytes(data): d, source)]
+        if p:
+            return [LazyImage(_file_reader(root / p, source), source, root / p)]
+        return []
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return [LazyImage(lambda d=bytes(cell): d, source)]
+    if isinstance(cell, str):
+        if not cell.strip():
+            return []
+        if kind in ("auto", "hf_image") and cell.lstrip().startswith("data:"):
+            head, _, payload = cell.strip().partition(",")
+            if ";base64" not in head:
+                raise ValueError(f"{source}: data URI is not base64 ({head[:40]!r})")
+            return [LazyImage(_base64_reader(payload, source), source)]
+        if kind == "path" or (kind in ("auto", "hf_image") and _looks_like_path(cell)
+                              and not _is_image_base64("".join(cell.split()))):
+            p = root / cell
+            return [LazyImage(_file_reader(p, source), source, p)]
+        return [LazyImage(_base64_reader(cell, source), source)]
+    raise ValueError(f"{source}: unsupported image value of type {type(cell).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ puts the PIL image in the part under ``"image"``).
 - :func:`crop_tool_schema` returns the tool's JSON schema (name configurable, default ``crop``;
   AdaptVision calls it ``request_local_region``).
 
-Coordinate conventions for ``bbox_2d`` (``coords=``): ``"absolute"`` (pixels of the image the model
-sees; Qwen2.5-VL), ``"relative1000"`` (0-1000; Qwen2-VL, Qwen3-VL), ``"relative1"`` (0-1).
+Coordinate conventions for ``bbox_2d`` (``coords=``; the vocabulary of ``vlmrl/family.py``): ``"absolute"``
+(pixels of the image the model sees; Qwen2.5-VL), ``"rel1000"`` (0-1000; Qwen2-VL, Qwen3-VL), ``"rel1"`` (0-1).
 """
 
 from __future__ import annotations
@@ -28,25 +28,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from vlmrl.family import CONVENTIONS
+
 from .sample import Sample, render_choices
 
 DEFAULT_TOOL_NAME = "crop"
 STYLES = ("full", "compact", "minimal", "bare")
-COORDS = ("absolute", "relative1000", "relative1")
-FAMILY_COORDS = {"qwen2_vl": "relative1000", "qwen2_5_vl": "absolute", "qwen3_vl": "relative1000"}
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 COMPACT_SYSTEM = "You answer questions about images."
 
 _COORD_TEXT = {
     "absolute": "absolute pixel coordinates of the image you see, (0, 0) is the top-left corner",
-    "relative1000": "relative coordinates from 0 to 1000 of the image you see, (0, 0) is the top-left corner "
+    "rel1000": "relative coordinates from 0 to 1000 of the image you see, (0, 0) is the top-left corner "
                     "and (1000, 1000) the bottom-right",
-    "relative1": "relative coordinates from 0 to 1 of the image you see, (0, 0) is the top-left corner "
+    "rel1": "relative coordinates from 0 to 1 of the image you see, (0, 0) is the top-left corner "
                  "and (1, 1) the bottom-right",
 }
-_COORD_SHORT = {"absolute": "pixels of the image you see", "relative1000": "0-1000 relative",
-                "relative1": "0-1 relative"}
+_COORD_SHORT = {"absolute": "pixels of the image you see", "rel1000": "0-1000 relative", "rel1": "0-1 relative"}
 
 _ANSWER_HINT = {
     "choice": "the letter of the correct option",
@@ -74,19 +73,11 @@ _TOOLS_FOOTER_COMPACT = (
 )
 
 
-def coords_for_family(family: str) -> str:
-    """Default ``bbox_2d`` convention of a model family: absolute for qwen2_5_vl, 0-1000 otherwise."""
-    try:
-        return FAMILY_COORDS[family]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_COORDS)}") from None
-
-
 def _check(style: str, coords: str | None = None) -> None:
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if coords is not None and coords not in COORDS:
-        raise ValueError(f"coords must be one of {COORDS}, got {coords!r}")
+    if coords is not None and coords not in CONVENTIONS:
+        raise ValueError(f"coords must be one of {CONVENTIONS}, got {coords!r}")
 
 
 def crop_tool_schema(name: str = DEFAULT_TOOL_NAME, coords: str = "absolute", style: str = "full") -> dict:

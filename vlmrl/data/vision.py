@@ -4,32 +4,24 @@ Qwen-VL vision towers cut an image into patches (14 px for Qwen2/2.5-VL, 16 px f
 2x2 patches into one language-model token, so image sides must be multiples of ``patch * merge``
 (28 or 32) and the pixel count is bounded by a budget. ``smart_resize`` follows the rule of the
 reference implementation in ``qwen_vl_utils`` (which cannot be imported here: it imports torchvision).
+Patch sizes per family live in the family table, ``vlmrl/family.py``.
 """
 
 from __future__ import annotations
 
 import math
 
-MAX_ASPECT_RATIO = 200
+from vlmrl.family import get_family
 
-# family -> (patch size, spatial merge size)
-FAMILY_PATCH = {
-    "qwen2_vl": (14, 2),
-    "qwen2_5_vl": (14, 2),
-    "qwen3_vl": (16, 2),
-}
+MAX_ASPECT_RATIO = 200
 
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
 DEFAULT_MAX_PIXELS = 16384 * 28 * 28
 
 
 def image_factor(family: str) -> int:
-    """Side multiple for a model family: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL."""
-    try:
-        patch, merge = FAMILY_PATCH[family]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_PATCH)}") from None
-    return patch * merge
+    """Side multiple for a model family: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL (see ``vlmrl.family``)."""
+    return get_family(family).factor
 
 
 def _round(x: float, f: int) -> int:

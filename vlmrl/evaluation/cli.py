@@ -1,19 +1,25 @@
 """`vlmrl eval`: evaluate a model on a benchmark task through the rollout engine.
 
-    vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool] [--samples K]
-               [--limit N] [--out DIR] [--max-new-tokens M] [--prompt-style full|compact|minimal|bare]
-               [--batch-size B] [--seed S] [--crop-min-pixels P] [--crop-max-pixels P] [--image-max-pixels P]
-               [--prefix TEXT]
+    vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool | --direct]
+               [--recipe RECIPE.yaml] [--samples K] [--limit N] [--out DIR] [--max-new-tokens M]
+               [--prompt-style full|compact|minimal|bare] [--batch-size B] [--seed S] [--crop-min-pixels P]
+               [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
 ``samples.jsonl``, ``traces.jsonl`` and ``results.json`` into ``--out`` (default ``eval_out/<task>``);
 an interrupted run resumes where it stopped (see :mod:`vlmrl.evaluation.harness`).
+
+Rollout settings: ``--recipe`` takes a training recipe's ``rollout:`` section (mode, budgets, prompt style,
+coordinate convention, ...); flags given on the command line override single fields. Without a recipe:
+direct mode, the task's ``generation.max_new_tokens`` and the recipe defaults of ``vlmrl.config.RolloutConfig``.
+The temperature is always the evaluation's (0, or 1.0 with ``--samples`` > 1), never the recipe's.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from vlmrl.data.prompts import STYLES
@@ -26,21 +32,27 @@ def add_args(parser) -> None:
                         help=f"task name (eval/NAME.yaml) or a task YAML path; known: {', '.join(list_tasks())}")
     parser.add_argument("--data", default=None, help="benchmark file or folder (default: the task's data.path)")
     parser.add_argument("--model", required=True, help="local Qwen-VL checkpoint directory")
-    parser.add_argument("--tool", action="store_true", help="tool mode: low-resolution view + crop tool")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--tool", dest="mode", action="store_const", const="tool",
+                      help="tool mode: low-resolution view + crop tool (default: direct, or the recipe's mode)")
+    mode.add_argument("--direct", dest="mode", action="store_const", const="direct",
+                      help="direct mode: one turn on the full-resolution image")
+    parser.add_argument("--recipe", default=None,
+                        help="training recipe whose rollout section gives the rollout settings (flags override)")
     parser.add_argument("--samples", type=int, default=1, help="K responses per doc (K > 1: temperature 1.0, avg@K)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N docs only")
     parser.add_argument("--out", default=None, help="output folder (default: eval_out/<task>)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="per assistant turn (default: the task's generation.max_new_tokens)")
-    parser.add_argument("--max-turns", type=int, default=2, help="assistant turns in tool mode")
-    parser.add_argument("--prompt-style", default="full", choices=STYLES)
+    parser.add_argument("--max-turns", type=int, default=None, help="assistant turns in tool mode (default 2)")
+    parser.add_argument("--prompt-style", default=None, choices=STYLES, help="prompt templates (default full)")
     parser.add_argument("--crop-min-pixels", type=int, default=None,
                         help="tool mode: crops are upscaled to at least this many pixels (default: the engine's)")
     parser.add_argument("--crop-max-pixels", type=int, default=None, help="tool mode: crops are capped at this")
     parser.add_argument("--image-max-pixels", type=int, default=None,
                         help="direct mode: the image is downscaled to at most this many pixels (default: the "
                              "engine's, rollout.image_max_pixels); match the training run's setting")
-    parser.add_argument("--prefix", default="",
+    parser.add_argument("--prefix", default=None,
                         help="force the start of the first assistant turn (baselines with a fixed decision, "
                              "e.g. the model's own call-opening text to always call the tool); {question} in it "
                              "stands for each doc's question")
@@ -48,6 +60,32 @@ def add_args(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_FLAG_FIELDS = {"mode": "mode", "max_new_tokens": "max_new_tokens", "max_turns": "max_turns",
+                "prompt_style": "prompt_style", "crop_min_pixels": "crop_min_pixels",
+                "crop_max_pixels": "crop_max_pixels", "image_max_pixels": "image_max_pixels",
+                "prefix": "first_turn_prefix"}
+"""Command-line flag -> the RolloutConfig field it overrides (flags left unset keep the recipe's value)."""
+
+
+def rollout_settings(args, task):
+    """The rollout settings of a ``vlmrl eval`` run: ``--recipe``'s rollout section (else direct mode with the
+    task's max_new_tokens and RolloutConfig's defaults), with every flag given on the command line applied."""
+    from vlmrl.config import RolloutConfig, load_config
+
+    if args.recipe:
+        base = load_config(args.recipe).rollout
+    else:
+        base = RolloutConfig(mode="direct", max_new_tokens=int(task.generation.get("max_new_tokens", 64)))
+    given = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    for flag, least in (("max_new_tokens", 1), ("max_turns", 1), ("crop_min_pixels", 28 * 28),
+                        ("crop_max_pixels", 28 * 28), ("image_max_pixels", 28 * 28)):
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            what = " (one 28x28 patch)" if least > 1 else ""
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= {least}{what}, got {value}")
+    return replace(base, **given)
 
 
 def run(args) -> int:
@@ -61,12 +99,8 @@ def run(args) -> int:
         raise FileNotFoundError(f"model directory {model} does not exist")
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"{model} is not a model checkpoint (no config.json)")
-    max_new = args.max_new_tokens or int(task.generation.get("max_new_tokens", 64))
-    settings = EvalSettings(mode="tool" if args.tool else "direct", samples=args.samples, max_new_tokens=max_new,
-                            max_turns=args.max_turns, prompt_style=args.prompt_style, batch_size=args.batch_size,
-                            seed=args.seed, crop_min_pixels=args.crop_min_pixels,
-                            crop_max_pixels=args.crop_max_pixels, image_max_pixels=args.image_max_pixels,
-                            prefix=args.prefix)
+    settings = EvalSettings(rollout=rollout_settings(args, task), samples=args.samples,
+                            batch_size=args.batch_size, seed=args.seed)
     settings.check()
     docs = task.load_docs(args.data, images=True, limit=args.limit)
     if not docs:

@@ -19,6 +19,12 @@ Resume: existing lines of ``samples.jsonl`` are kept (a truncated last line is d
 doc_ids are skipped, and the final metrics are computed over every line. With K > 1 responses per
 doc (avg@K), each metric is computed over the k-th responses of all docs and averaged over k, so an
 accuracy is each doc's score averaged over its K responses, then over docs.
+
+Settings: :class:`EvalSettings` holds the rollout settings in the recipe's schema
+(:class:`vlmrl.config.RolloutConfig`; ``vlmrl eval --recipe`` starts from a recipe's ``rollout:`` section)
+plus K, the batch size and the seed. Periodic evaluation during training (:func:`evaluate_samples`, called
+by ``vlmrl/train/run.py``) goes through the same engine construction, batching and seeding, and scores
+with the training reward's accuracy instead of a task's scorer.
 """
 
 from __future__ import annotations
@@ -26,44 +32,58 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
+
+from vlmrl.config import RolloutConfig
 
 SAMPLES_FILE = "samples.jsonl"
 TRACES_FILE = "traces.jsonl"
 RESULTS_FILE = "results.json"
-_COORDS = {"absolute": "absolute", "rel1000": "relative1000", "rel1": "relative1"}
 
 
 @dataclass
 class EvalSettings:
-    mode: str = "direct"  # "direct" or "tool"
+    """How an evaluation runs: the rollout settings (the recipe's schema; ``vlmrl eval`` defaults to direct
+    mode) and K responses per doc, docs per rollout batch, the seed."""
+
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     samples: int = 1  # K responses per doc (K > 1: sampled at temperature 1.0, avg@K)
-    max_new_tokens: int = 64
-    max_turns: int = 2
-    prompt_style: str = "full"
     batch_size: int = 8
-    seed: int = 0
-    crop_min_pixels: int | None = None  # None: the rollout engine's defaults
-    crop_max_pixels: int | None = None
-    image_max_pixels: int | None = None  # direct mode's image budget; None: the rollout engine's default
-    prefix: str = ""  # forced start of the first assistant turn (fixed-decision baselines); "" = none
+    seed: int = 0  # batch b's generator is seeded with seed + the index of its first doc
+
+    @property
+    def mode(self) -> str:
+        return self.rollout.mode
 
     @property
     def temperature(self) -> float:
         return 0.0 if self.samples == 1 else 1.0
 
+    def engine_config(self) -> RolloutConfig:
+        """The rollout settings the engine runs with: greedy for one response, temperature 1.0 for K > 1."""
+        return replace(self.rollout, temperature=self.temperature)
+
     def check(self) -> None:
-        if self.mode not in ("direct", "tool"):
-            raise ValueError(f"mode must be 'direct' or 'tool', got {self.mode!r}")
-        for name in ("samples", "max_new_tokens", "batch_size", "max_turns"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("crop_min_pixels", "crop_max_pixels", "image_max_pixels"):
-            if getattr(self, name) is not None and getattr(self, name) < 28 * 28:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 784 (one 28x28 patch), "
-                                 f"got {getattr(self, name)}")
+        for name, value in (("samples", self.samples), ("batch_size", self.batch_size),
+                            ("max_new_tokens", self.rollout.max_new_tokens)):
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def make_engine(policy, settings: EvalSettings, messages_fn: Callable | None = None):
+    """The rollout engine an evaluation runs (``messages_fn`` None: vlmrl's training prompts)."""
+    from vlmrl.rollout.engine import RolloutEngine
+
+    return RolloutEngine(policy, settings.engine_config(), messages_fn=messages_fn)
+
+
+def batch_generator(settings: EvalSettings, first_index: int):
+    """The sampling generator of the batch whose first doc (or sample) has index ``first_index``."""
+    import torch
+
+    return torch.Generator().manual_seed(settings.seed + first_index)
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -98,9 +118,9 @@ def benchmark_messages(sample, cfg, family: str) -> list[dict]:
 
     if cfg.mode == "tool":
         convention = cfg.coord_convention or default_convention(family)
-        coords, tool = _COORDS.get(convention, convention), make_tool(cfg.tool, cfg.tool_name)
-        system = tool_system_prompt(cfg.tool_name, coords, cfg.prompt_style, schema=tool.schema(coords, cfg.prompt_style),
-                                    line=tool.short_prompt(coords))
+        tool = make_tool(cfg.tool, cfg.tool_name)
+        system = tool_system_prompt(cfg.tool_name, convention, cfg.prompt_style,
+                                    schema=tool.schema(convention, cfg.prompt_style), line=tool.short_prompt(convention))
     else:
         system = DEFAULT_SYSTEM if cfg.prompt_style == "full" else COMPACT_SYSTEM
     return [{"role": "system", "content": system}, _user_turn(sample.question, len(sample.images), None, False)]
@@ -286,8 +306,6 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
     import torch
     from tqdm import tqdm
 
-    from vlmrl.models.hf_sampler import HFSampler
-    from vlmrl.rollout.engine import RolloutConfig, RolloutEngine
     from vlmrl.rollout.trajectory import save_traces
 
     settings.check()
@@ -304,13 +322,8 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
         traces_path.unlink()
     todo = [d for d in docs if d["doc_id"] not in done]
 
-    budgets = {k: getattr(settings, k) for k in ("crop_min_pixels", "crop_max_pixels", "image_max_pixels")
-               if getattr(settings, k)}
-    cfg = RolloutConfig(mode=settings.mode, max_turns=settings.max_turns, max_new_tokens=settings.max_new_tokens,
-                        temperature=settings.temperature, prompt_style=settings.prompt_style, seed=settings.seed,
-                        first_turn_prefix=settings.prefix, **budgets)
-    mfn = messages_fn_for(task)
-    engine = RolloutEngine(policy, cfg, messages_fn=mfn, sampler=HFSampler(policy))
+    engine = make_engine(policy, settings, messages_fn_for(task))
+    cfg = engine.cfg
     K = settings.samples
     bar = tqdm(total=len(docs), initial=len(done), desc=f"eval {task.name}", unit="doc", disable=not progress,
                file=sys.stderr)
@@ -322,7 +335,7 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
             bar.update(len(part) - len(batch))
             if not batch:
                 continue
-            gen = torch.Generator().manual_seed(settings.seed + batch[0]["doc_id"])
+            gen = batch_generator(settings, batch[0]["doc_id"])
             trajs = engine.rollout(samples, n_per_prompt=K, generator=gen)
             by_doc = [[t for t in trajs if t.group_id == i] for i in range(len(batch))]  # group i = batch[i]
             filtered = {d["doc_id"]: [filtered_response(t.final_text) for t in ts] for d, ts in zip(batch, by_doc)}
@@ -360,3 +373,34 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
     result = summarize(task, docs, records, settings) | {"skipped_docs": len(skipped), "skipped": skipped}
     (out / RESULTS_FILE).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
     return result
+
+
+# ------------------------------------------------------------------------------------ periodic eval
+
+
+def evaluate_samples(samples: list, policy, settings: EvalSettings, score: Callable[[list], list[float]]) -> dict:
+    """Periodic evaluation during training: roll out already-decoded Samples (vlmrl's training prompts) with
+    the harness's engine, batching and seeding, score every trajectory with ``score(trajectories) -> [float]``
+    and summarise like results.json: ``{"accuracy", "tool_call_rate", "visual_tokens_per_sample"}``, and when
+    the samples carry ``meta.needs_zoom`` ``{"by": {"needs_zoom": {"true": {...}, "false": {...}}}}``."""
+    settings.check()
+    engine = make_engine(policy, settings)
+    K = settings.samples
+    records = []
+    for start in range(0, len(samples), settings.batch_size):
+        part = samples[start:start + settings.batch_size]
+        trajs = engine.rollout(part, n_per_prompt=K, generator=batch_generator(settings, start))
+        scores = score(trajs)
+        for i in range(len(part)):  # group i = part[i]
+            ts = [t for t in trajs if t.group_id == i]
+            sc = [s for t, s in zip(trajs, scores) if t.group_id == i]
+            records.append({"score": sum(sc) / len(sc), "tool_calls": [t.tool_calls for t in ts],
+                            "visual_tokens": [t.visual_tokens for t in ts], "meta": ts[0].meta or {}})
+    u = usage(records)
+    out = {"accuracy": u["score"], "tool_call_rate": u["tool_call_rate"],
+           "visual_tokens_per_sample": u["visual_tokens_per_sample"]}
+    if records and "needs_zoom" in records[0]["meta"]:
+        flags = [bool(r["meta"].get("needs_zoom")) for r in records]
+        out["by"] = {"needs_zoom": {str(flag).lower(): usage([r for r, f in zip(records, flags) if f == flag])
+                                    | {"n": flags.count(flag)} for flag in (True, False)}}
+    return out

@@ -1,4 +1,4 @@
-"""Benchmark tasks: a YAML spec per task (``eval/NAME.yaml``) and the readers of published files.
+"""Benchmark tasks: a YAML spec per task (``eval/NAME.yaml``), loaded into a :class:`Task`.
 
 A task says where its data lives and how it is laid out (parquet with the Hugging Face Image struct,
 TSV with base64 images as VLMEvalKit ships them, JSONL + an image folder), how a row becomes images +
@@ -14,6 +14,10 @@ aggregates the responses into which metrics. ``Task.load_docs(path)`` returns on
                 before that, and parquet/TSV image bytes are read from the file only then)
 ``row``         the row's other fields (image columns left out), for scorers and reports
 ``source``      "FILE row N", for messages
+
+Where the parts live: this module parses and checks the spec and finds the data files; ``task_files.py``
+reads them (rows + lazy image cells, through ``vlmrl/data/tables.py`` and ``vlmrl/data/images.py``);
+``task_docs.py`` builds each doc's prompt, target and options.
 
 YAML keys (see ``eval/*.yaml``)::
 
@@ -48,35 +52,19 @@ YAML keys (see ``eval/*.yaml``)::
 
 from __future__ import annotations
 
-import base64
-import binascii
-import csv
-import io
-import json
-import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import yaml
 
-from .scorers.choice import LETTERS, parse_labelled_options, parse_options
-from .scorers.mathvista import mathvista_prompt
+from vlmrl.data.images import IMAGE_KINDS, LazyImage  # noqa: F401  (LazyImage: the docs' image type)
+from vlmrl.data.tables import FILE_TYPES
+
+from .task_docs import _MISSING, get_path, make_doc
+from .task_files import READERS, doc_images
 
 FORMATS = ("parquet", "tsv", "jsonl", "json")
-IMAGE_KINDS = ("auto", "hf_image", "base64", "path", "bytes")
-_EXT_FORMAT = {".parquet": "parquet", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-# pandas' default NA strings: VLMEvalKit reads its TSVs with pandas, so an option or hint cell
-# holding one of these is absent there.
-_PANDAS_NA = {
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-}
-
-
 def tasks_dir() -> Path:
     """Folder of the task YAMLs: ``$VLMRL_TASKS_DIR``, else ``eval/`` at the repository root."""
     env = os.environ.get("VLMRL_TASKS_DIR")
@@ -101,325 +89,9 @@ def list_tasks() -> list[str]:
     return out
 
 
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _absent_cell(v, fmt: str) -> bool:
-    """An empty option / hint cell: None, NaN, blank, the text "nan" (lmms-eval's parquet exports),
-    or in a TSV one of pandas' NA strings (VLMEvalKit reads its TSVs with pandas)."""
-    return _missing(v) or not str(v).strip() or str(v) == "nan" or (fmt == "tsv" and str(v) in _PANDAS_NA)
-
-
-# --------------------------------------------------------------------------------------- images
-
-
-class LazyImage:
-    """One image of a document, read and decoded only when called.
-
-    ``img()`` returns an RGB ``PIL.Image``; ``img.read_bytes()`` the encoded file bytes;
-    ``img.source`` says where it comes from (for messages and traces).
-    """
-
-    __slots__ = ("_read", "source", "path")
-
-    def __init__(self, read: Callable[[], bytes], source: str, path: Path | None = None):
-        self._read = read
-        self.source = source
-        self.path = path  # the image file, for images stored as files
-
-    def read_bytes(self) -> bytes:
-        return self._read()
-
-    def __call__(self):
-        from PIL import Image, UnidentifiedImageError
-
-        data = self.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{self.source}: cannot decode the image ({e})") from None
-
-    def __repr__(self) -> str:
-        return f"LazyImage({self.source})"
-
-
-def _read_file(path: Path, source: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise FileNotFoundError(f"{source}: cannot read image file {path} ({e.strerror})") from None
-
-    return read
-
-
-def _b64(value: str, source: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            return base64.b64decode(value, validate=False)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"{source}: image field is not valid base64 ({e})") from None
-
-    return read
-
-
-def _looks_like_path(s: str) -> bool:
-    return len(s) < 1024 and ("/" in s or "\\" in s or s.lower().endswith(_IMAGE_EXTS))
-
-
-# ------------------------------------------------------------------------------------- readers
-
-
-class _ParquetImages:
-    """Reads one image cell of a parquet file on demand, one row group at a time (the last row
-    group read is kept), so a benchmark's image bytes are never all in memory."""
-
-    def __init__(self, path: Path, column: str):
-        import pyarrow.parquet as pq
-
-        self.path, self.column = path, column
-        self._pf = None
-        meta = pq.ParquetFile(path).metadata
-        self._starts = []
-        n = 0
-        for i in range(meta.num_row_groups):
-            self._starts.append(n)
-            n += meta.row_group(i).num_rows
-        self._cache: tuple[int, Any] | None = None
-
-    def cell(self, row: int):
-        import bisect
-
-        import pyarrow.parquet as pq
-
-        rg = bisect.bisect_right(self._starts, row) - 1
-        if self._cache is None or self._cache[0] != rg:
-            if self._pf is None:
-                self._pf = pq.ParquetFile(self.path)
-            table = self._pf.read_row_group(rg, columns=[self.column])
-            self._cache = (rg, table.column(0))
-        return self._cache[1][row - self._starts[rg]].as_py()
-
-
-def _read_parquet(path: Path, image_field: str | None, with_images: bool):
-    """Rows (image column left out) and, per row, a zero-arg getter of its image cell."""
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # pyarrow raises its own error types for broken files
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-    names = schema.names
-    cols = [c for c in names if c != image_field]
-    table = pq.read_table(path, columns=cols)
-    rows = table.to_pylist()
-    getters: list[Callable[[], Any] | None] = [None] * len(rows)
-    lazy_single = True
-    if with_images and image_field:
-        if image_field not in names:
-            raise ValueError(f"{path}: no image column {image_field!r} (columns: {', '.join(names)})")
-        import pyarrow as pa
-
-        ftype = schema.field(image_field).type
-        if pa.types.is_list(ftype) or pa.types.is_large_list(ftype):
-            # Several images per row: read the column now so each doc knows its image count.
-            cells = pq.read_table(path, columns=[image_field]).column(0).to_pylist()
-            getters = [(lambda v=v: v) for v in cells]
-            lazy_single = False
-        else:
-            reader = _ParquetImages(path, image_field)
-            getters = [(lambda i=i: reader.cell(i)) for i in range(len(rows))]
-    return rows, getters, lazy_single
-
-
-class _Tracker:
-    """Line iterator over a binary file that knows the byte offset of the next line."""
-
-    def __init__(self, f):
-        self.f = f
-        self.pos = f.tell()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        line = self.f.readline()
-        if not line:
-            raise StopIteration
-        self.pos += len(line)
-        return line.decode("utf-8")
-
-
-def _raise_csv_limit() -> None:
-    limit = sys.maxsize
-    while True:
-        try:
-            csv.field_size_limit(limit)
-            return
-        except OverflowError:
-            limit //= 10
-
-
-def _read_tsv(path: Path, image_field: str | None, with_images: bool):
-    """Rows of a VLMEvalKit-style TSV (pandas' quoting), the image column left out of the rows and
-    re-read from its byte offset on demand. An image cell of at most 64 characters is the ``index``
-    of the row that holds the image (VLMEvalKit's convention for repeated images)."""
-    _raise_csv_limit()
-    rows, offsets, refs = [], [], []
-    with open(path, "rb") as f:
-        tracker = _Tracker(f)
-        reader = csv.reader(tracker, delimiter="\t")
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ValueError(f"{path}: empty TSV file (no header)") from None
-        if header and header[0].startswith("\ufeff"):
-            header[0] = header[0][1:]
-        img_col = header.index(image_field) if image_field in header else None
-        if with_images and image_field and img_col is None:
-            raise ValueError(f"{path}: no image column {image_field!r} (columns: {', '.join(header)})")
-        while True:
-            start = tracker.pos
-            try:
-                rec = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise ValueError(f"{path}: row {len(rows)}: malformed TSV ({e})") from None
-            if not rec:
-                continue
-            if len(rec) != len(header):
-                raise ValueError(
-                    f"{path}: row {len(rows)}: {len(rec)} fields, the header has {len(header)}"
-                )
-            row = {k: v for k, v in zip(header, rec) if k != image_field}
-            rows.append(row)
-            offsets.append(start)
-            refs.append(rec[img_col] if img_col is not None and len(rec[img_col]) <= 64 else None)
-    getters: list[Callable[[], Any] | None] = [None] * len(rows)
-    if with_images and img_col is not None:
-        index_to_row = {}
-        if "index" in header:
-            index_to_row = {str(r["index"]): i for i, r in enumerate(rows)}
-
-        def cell_at(i: int) -> str:
-            with open(path, "rb") as f:
-                f.seek(offsets[i])
-                rec = next(csv.reader(_Tracker(f), delimiter="\t"))
-            return rec[img_col]
-
-        def getter(i: int):
-            ref = refs[i]
-            if ref is not None and ref.strip():
-                j = index_to_row.get(ref.strip())
-                if j is None or refs[j] is not None:
-                    raise ValueError(
-                        f"{path}: row {i}: image field {ref!r} is neither base64 nor the index of a row with an image"
-                    )
-                i = j
-            return ("base64", cell_at(i))
-
-        getters = [(lambda i=i: getter(i)) for i in range(len(rows))]
-    return rows, getters, True
-
-
-def _read_jsonl(path: Path, image_field: str | None, with_images: bool):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return _split_image_field(rows, image_field, with_images)
-
-
-def _read_json(path: Path, image_field: str | None, with_images: bool):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON ({e})") from None
-    if isinstance(data, dict):
-        for key in ("data", "rows", "questions", "annotations"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ValueError(f"{path}: expected a JSON list of objects")
-    return _split_image_field(list(data), image_field, with_images)
-
-
-def _split_image_field(rows, image_field, with_images):
-    getters: list[Callable[[], Any] | None] = [None] * len(rows)
-    if image_field:
-        out = []
-        for i, row in enumerate(rows):
-            value = row.get(image_field)
-            out.append({k: v for k, v in row.items() if k != image_field})
-            if with_images:
-                getters[i] = (lambda v=value: v)
-        rows = out
-    return rows, getters, False
-
-
-_READERS = {"parquet": _read_parquet, "tsv": _read_tsv, "jsonl": _read_jsonl, "json": _read_json}
-
-
-def _images_from_cell(cell, kind: str, root: Path, source: str) -> list[LazyImage]:
-    """LazyImages for one image cell (HF struct, bytes, base64 text, path, or a list of them)."""
-    if isinstance(cell, tuple) and len(cell) == 2 and cell[0] == "base64":  # TSV cell
-        kind, cell = "base64", cell[1]
-    if _missing(cell):
-        return []
-    if isinstance(cell, (list, tuple)):
-        out = []
-        for k, c in enumerate(cell):
-            out.extend(_images_from_cell(c, kind, root, f"{source}[{k}]"))
-        return out
-    if isinstance(cell, dict):
-        data, p = cell.get("bytes"), cell.get("path")
-        if data:
-            return [LazyImage(lambda d=bytes(data): d, source)]
-        if p:
-            return [LazyImage(_read_file(root / p, source), source, root / p)]
-        return []
-    if isinstance(cell, (bytes, bytearray, memoryview)):
-        return [LazyImage(lambda d=bytes(cell): d, source)]
-    if isinstance(cell, str):
-        if not cell.strip():
-            return []
-        if kind == "path" or (kind in ("auto", "hf_image") and _looks_like_path(cell)):
-            p = root / cell
-            return [LazyImage(_read_file(p, source), source, p)]
-        return [LazyImage(_b64(cell, source), source)]
-    raise ValueError(f"{source}: unsupported image value of type {type(cell).__name__}")
-
-
 # ------------------------------------------------------------------------------------------ task
 
 
-def get_path(row: dict, dotted: str, default=None):
-    """``row["a"]["b"]`` for ``"a.b"`` (a plain key containing dots wins); ``default`` if absent."""
-    if dotted in row:
-        return row[dotted]
-    cur: Any = row
-    for part in dotted.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        else:
-            return default
-    return cur
-
-
-_MISSING = object()
 
 
 @dataclass
@@ -544,7 +216,7 @@ class Task:
             files = sorted((f for f in p.glob(pattern) if f.is_file()), key=lambda f: str(f))
         else:
             fmt = self.data.format
-            exts = [e for e, v in _EXT_FORMAT.items() if v == fmt] if fmt else list(_EXT_FORMAT)
+            exts = [e for e, v in FILE_TYPES.items() if v == fmt] if fmt else list(FILE_TYPES)
             files = sorted((f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts), key=lambda f: str(f))
         if not files:
             want = pattern or f"*.{self.data.format or '{parquet,tsv,jsonl,json}'}"
@@ -552,7 +224,7 @@ class Task:
         return files
 
     def file_format(self, path: Path) -> str:
-        fmt = _EXT_FORMAT.get(path.suffix.lower()) or self.data.format
+        fmt = FILE_TYPES.get(path.suffix.lower()) or self.data.format
         if fmt is None:
             raise ValueError(f"{path}: cannot tell the file format from the extension; set data.format in the task")
         return fmt
@@ -567,7 +239,7 @@ class Task:
         docs: list[dict] = []
         for fpath in self.resolve_files(path):
             fmt = self.file_format(fpath)
-            rows, getters, lazy_single = _READERS[fmt](fpath, self.data.image_field, images)
+            rows, getters, lazy_single = READERS[fmt](fpath, self.data.image_field, images)
             root = fpath.parent
             if self.data.image_root:
                 r = Path(self.data.image_root).expanduser()
@@ -576,134 +248,16 @@ class Task:
                 if limit is not None and len(docs) >= limit:
                     return docs
                 source = f"{fpath} row {i}"
-                doc = self._make_doc(len(docs), row, source, fmt)
+                doc = make_doc(self, len(docs), row, source, fmt)
                 if images and self.data.image_field:
-                    doc["images"] = self._lazy_images(getters[i], lazy_single, root, source)
+                    doc["images"] = doc_images(getters[i], lazy_single, self.data.image_kind, self.data.image_field,
+                                               root, source)
                 for role in scorer.required_fields:
                     self.field_value(doc, role)  # raises naming file, row and field
                 if scorer.check is not None:
                     scorer.check(self, doc)
                 docs.append(doc)
         return docs
-
-    def _lazy_images(self, getter, lazy_single: bool, root: Path, source: str) -> list[LazyImage]:
-        if getter is None:
-            return []
-        kind = self.data.image_kind
-        src = f"{source} field {self.data.image_field!r}"
-        if lazy_single:
-            # The cell is read only when the image is used: one image per row.
-            def read() -> bytes:
-                found = _images_from_cell(getter(), kind, root, src)
-                if not found:
-                    raise ValueError(f"{src}: no image in this row")
-                return found[0].read_bytes()
-
-            return [LazyImage(read, src)]
-        images = _images_from_cell(getter(), kind, root, src)
-        for im in images:
-            if im.path is not None and not im.path.is_file():
-                raise FileNotFoundError(f"{src}: image file {im.path} does not exist")
-        return images
-
-    def _make_doc(self, doc_id: int, row: dict, source: str, fmt: str) -> dict:
-        d2t = self.doc_to_text
-        qfield = d2t.get("question_field", "question")
-        q = get_path(row, qfield, _MISSING)
-        if q is _MISSING or _missing(q):
-            raise ValueError(f"{source}: missing field {qfield!r} (the question)")
-        target = get_path(row, self.target_field, _MISSING)
-        if target is _MISSING:
-            raise ValueError(f"{source}: missing field {self.target_field!r} (the target)")
-        question = str(q)
-        choices = self._choices(row, question, source, fmt)
-        doc = {
-            "doc_id": doc_id,
-            "prompt": self._render(row, question, choices, fmt),
-            "question": question,
-            "target": target,
-            "choices": choices,
-            "images": [],
-            "row": row,
-            "source": source,
-        }
-        return doc
-
-    def _choices(self, row: dict, question: str, source: str, fmt: str) -> dict[str, str] | None:
-        opts = self.doc_to_text.get("options")
-        if self.doc_to_text.get("style") == "mathvista":
-            values = get_path(row, self.field_name("choices", "choices"))
-            if _missing(values) or not values:
-                return None
-            return {LETTERS[i]: str(c) for i, c in enumerate(values)}
-        if not opts:
-            return None
-        if "columns" in opts:
-            out = {}
-            for col in opts["columns"]:
-                v = row.get(col)
-                if _absent_cell(v, fmt):
-                    continue
-                out[str(col)] = str(v)
-            return out or None
-        if "field" in opts:
-            values = get_path(row, opts["field"])
-            if _missing(values) or not values:
-                return None
-            if isinstance(values, str):
-                try:
-                    values = json.loads(values)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{source}: field {opts['field']!r} is not a list of options") from None
-            if not isinstance(values, (list, tuple)):
-                raise ValueError(f"{source}: field {opts['field']!r} is not a list of options")
-            if opts.get("labelled"):
-                return parse_labelled_options(values) or None
-            return {LETTERS[i]: str(c) for i, c in enumerate(values)} or None
-        if opts.get("from_question"):
-            return parse_options(question) or None
-        return None
-
-    def _render(self, row: dict, question: str, choices, fmt: str) -> str:
-        d2t = self.doc_to_text
-        if d2t.get("style") == "mathvista":
-            f = self.field_name
-            return d2t.get("pre_prompt", "") + mathvista_prompt(
-                question,
-                [choices[k] for k in choices] if choices else None,
-                get_path(row, f("unit", "unit")),
-                str(get_path(row, f("question_type", "question_type"), "")),
-                str(get_path(row, f("answer_type", "answer_type"), "")),
-                get_path(row, f("precision", "precision")),
-            ) + d2t.get("post_prompt", "")
-        q = question
-        removed = False
-        for s in d2t.get("remove") or []:
-            if s and s in q:
-                q = q.replace(s, "")
-                removed = True
-        if removed:
-            q = q.strip()
-        if d2t.get("capitalize"):
-            q = q.capitalize()
-        text = d2t.get("pre_prompt", "")
-        hint_field = d2t.get("hint_field")
-        if hint_field:
-            hint = get_path(row, hint_field)
-            if not _absent_cell(hint, fmt):
-                text += f"{hint}\n"
-        text += q
-        opts = d2t.get("options") or {}
-        render = opts.get("render", not opts.get("from_question", False))
-        if choices and render:
-            if opts.get("labelled") and "field" in opts:
-                lines = [str(v) for v in get_path(row, opts["field"])]
-            else:
-                fmt_s = d2t.get("option_format", "{letter}. {text}")
-                lines = [fmt_s.format(letter=k, text=v) for k, v in choices.items()]
-            text += d2t.get("options_prefix", "\n") + "\n".join(lines) + d2t.get("options_suffix", "")
-        text += d2t.get("post_prompt", "")
-        return text
 
     # ------------------------------------------------------------------ scoring
     def score(self, docs: list[dict], responses: dict[int, str]):

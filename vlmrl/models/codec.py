@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vlmrl.data.vision import FAMILY_PATCH, image_factor
+from vlmrl.data.vision import image_factor
+from vlmrl.family import get_family
 
 VISION_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
@@ -56,7 +57,7 @@ class Codec:
         self.image_processor = processor.image_processor
         self.family = family
         self.factor = image_factor(family)
-        self.merge = FAMILY_PATCH[family][1]
+        self.merge = get_family(family).merge
         self.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
         self.eos_token_ids = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None})

@@ -24,21 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmrl.config import HFSamplerConfig  # noqa: F401  (the recipe section hf_sampler; importable from here too)
 from vlmrl.models.codec import Seq
 from vlmrl.models.decoding import DecodeStep, PackedLinears, can_fuse
 from vlmrl.models.kvcache import KVCache, KVRef, KVState, compaction_runs
 from vlmrl.models.sampler import Generation, Prompt, Sampler, SamplingParams
-
-
-@dataclass
-class HFSamplerConfig:
-    """The HF sampler's speed switches; none changes what is sampled (beyond float rounding)."""
-
-    share_prompt_cache: bool = True  # a prompt's cache kept once for its samples (needs the fused decoding step)
-    share_prompt_min: int = 1 << 14  # ... when its keys per layer (kv heads x tokens x head dim) number at least this
-    packed_weights: bool = True  # decoding steps on oneDNN-packed weight copies (CPU, float32)
-    packed_min_numel: int = 1 << 17  # ... for weights of at least this many entries
-    reuse_kv: bool = True  # a call that extends the previous call's rows prefills only their new tokens
 
 
 @dataclass

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from vlmrl.family import FAMILY_OF_MODEL_TYPE
 from vlmrl.models.codec import Codec, Seq, VisionInput  # noqa: F401  (Seq, VisionInput: importable from here too)
 from vlmrl.models.last_mlp import checkpointing, last_mlp_only_at
 
-FAMILY_OF_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -15,19 +15,15 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from vlmrl.data.vision import FAMILY_PATCH
-
-# CLIP statistics for Qwen2/2.5-VL, 0.5 for Qwen3-VL (as in the released checkpoints)
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+from vlmrl.family import get_family
 
 
 def image_processor_for(family: str, min_pixels: int = 4 * 28 * 28, max_pixels: int = 1024 * 28 * 28):
     """The PIL Qwen-VL image processor configured like the family's released checkpoints."""
-    patch, merge = FAMILY_PATCH[family]
-    mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if family == "qwen3_vl" else (_CLIP_MEAN, _CLIP_STD)
+    fam = get_family(family)
     return Qwen2VLImageProcessorPil(
-        patch_size=patch, merge_size=merge, temporal_patch_size=2, image_mean=list(mean), image_std=list(std),
+        patch_size=fam.patch, merge_size=fam.merge, temporal_patch_size=2, image_mean=list(fam.image_mean),
+        image_std=list(fam.image_std),
         min_pixels=min_pixels, max_pixels=max_pixels,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import string
 from typing import Any, Sequence
@@ -34,25 +35,43 @@ _NUM_RE = re.compile(rf"(?<![\w.])([-+]?)({_NUM})(?:\s*/\s*({_NUM}))?(?:[eE]([-+
 
 
 def parse_numbers(text: str) -> list[tuple[float, bool]]:
-    """All numbers in text as (value, is_percent): "1,234" -> 1234, "12%" -> (12, True), "1/2" -> 0.5."""
+    """All numbers in text as (value, is_percent): "1,234" -> 1234, "12%" -> (12, True), "1/2" -> 0.5.
+    Numbers too large for a float ("1e999") are left out."""
     out = []
     for sign, num, den, exp, pct in _NUM_RE.findall(text.replace("\u2212", "-")):
-        value = float(num.replace(",", "")) * (10.0 ** int(exp) if exp else 1.0)
+        try:
+            value = float(num.replace(",", "")) * (10.0 ** int(exp) if exp else 1.0)
+        except OverflowError:
+            continue
         if den:
             d = float(den.replace(",", ""))
             if d == 0:
                 continue
             value /= d
+        if not math.isfinite(value):
+            continue
         out.append((-value if sign == "-" else value, bool(pct)))
     return out
 
 
-def parse_number(text: Any) -> tuple[float, bool] | None:
-    """The single number in text as (value, is_percent); None when there is none or several differ."""
+WHEN_SEVERAL = ("none", "last")
+
+
+def parse_number(text: Any, *, when_several: str = "none") -> tuple[float, bool] | None:
+    """The number in text as (value, is_percent); None when there is none.
+
+    ``when_several`` says what text holding several different numbers gives: ``"none"`` (the training
+    reward: a response that names two numbers is not rewarded for either) or ``"last"`` (the zoom
+    benchmark's scorer: the last number, as a final answer usually ends the text)."""
+    if when_several not in WHEN_SEVERAL:
+        raise ValueError(f"when_several must be one of {WHEN_SEVERAL}, got {when_several!r}")
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text), False
-    found = set(parse_numbers(str(text)))
-    return found.pop() if len(found) == 1 else None
+        return (float(text), False) if math.isfinite(text) else None
+    found = parse_numbers(str(text))
+    if when_several == "last":
+        return found[-1] if found else None
+    distinct = set(found)
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def number_match(pred: Any, target: Any, rel_tol: float = 1e-2, abs_tol: float = 1e-6) -> bool:

@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     policy = Policy.load(args.model, dtype="float32" if not torch.cuda.is_available() else "auto")
     cfg = RolloutConfig(mode="tool" if args.tool else "direct", max_turns=args.max_turns,
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        prompt_style=args.prompt_style, seed=args.seed)
-    trajs = RolloutEngine(policy, cfg).rollout([sample], args.samples)
+                        prompt_style=args.prompt_style)
+    trajs = RolloutEngine(policy, cfg).rollout([sample], args.samples,
+                                               generator=torch.Generator().manual_seed(args.seed))
     if args.answer:
         total, parts = score_trajectories(trajs, args.samples)
         for i, t in enumerate(trajs):

@@ -20,54 +20,19 @@ ends with `sampler.release()`, which frees that cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from vlmrl.config import RolloutConfig
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Generation, Prompt, Sampler, SamplingParams
 from vlmrl.rollout.tools import crop as crop_tool
 from vlmrl.rollout.tools.base import ToolCallError, ToolContext
 from vlmrl.rollout.tools.coords import default_convention
-from vlmrl.rollout.tools.registry import DEFAULT_TOOL, get_tool, make_tool
+from vlmrl.rollout.tools.registry import make_tool
 from vlmrl.rollout.trajectory import ToolCallRecord, TrajImage, Trajectory
-
-
-@dataclass
-class RolloutConfig:
-    mode: str = "tool"  # "tool" (low-res view + crop tool) or "direct" (one turn, full resolution)
-    max_turns: int = 2  # assistant turns per trajectory in tool mode (2 = one crop, then answer)
-    max_new_tokens: int = 128  # per assistant turn
-    max_total_tokens: int = 2048  # whole trajectory, prompt included
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    first_view_scale: float = 0.5  # per side, tool mode
-    first_view_min_pixels: int = crop_tool.FIRST_VIEW_MIN_PIXELS
-    first_view_max_pixels: int = crop_tool.FIRST_VIEW_MAX_PIXELS
-    image_min_pixels: int = 4 * 28 * 28  # direct mode budget
-    image_max_pixels: int = 1024 * 28 * 28
-    crop_min_pixels: int = crop_tool.CROP_MIN_PIXELS
-    crop_max_pixels: int = crop_tool.CROP_MAX_PIXELS
-    coord_convention: str | None = None  # None: the family's (absolute for Qwen2.5-VL, 0-1000 otherwise)
-    tool: str = DEFAULT_TOOL  # the tool run in tool mode: a registered name or module:Class / path/to/file.py:Class
-    tool_name: str = crop_tool.DEFAULT_TOOL_NAME  # the name the model writes in its calls
-    prompt_style: str = "full"  # "full", "compact", "minimal" or "bare" prompt templates
-    seed: int = 0
-    first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
-    #                              "{question}" in it stands for the sample's question
-
-    def __post_init__(self):
-        if self.mode not in ("tool", "direct"):
-            raise ValueError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
-        if self.max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
-        for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
-            lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
-            if hi < lo:
-                raise ValueError(f"{kind}_max_pixels ({hi}) must be >= {kind}_min_pixels ({lo})")
-        get_tool(self.tool)  # an unknown tool or a broken user file fails here, not at the first call
 
 
 class PromptTooLong(ValueError):
@@ -80,10 +45,9 @@ def _default_messages(sample, cfg: RolloutConfig, family: str) -> list[dict]:
     if cfg.mode == "direct":
         return build_messages(sample, mode="direct", style=cfg.prompt_style)
     convention = cfg.coord_convention or default_convention(family)
-    coords = {"rel1000": "relative1000", "rel1": "relative1"}.get(convention, convention)
     tool = make_tool(cfg.tool, cfg.tool_name)
-    return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=cfg.tool_name, coords=coords,
-                          schema=tool.schema(coords, cfg.prompt_style), line=tool.short_prompt(coords))
+    return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=cfg.tool_name, coords=convention,
+                          schema=tool.schema(convention, cfg.prompt_style), line=tool.short_prompt(convention))
 
 
 class RolloutEngine:
@@ -155,7 +119,7 @@ class RolloutEngine:
         if bad:
             raise ValueError(f"n_per_prompt[{bad[0]}] must be an integer >= 1, got {counts[bad[0]]!r}")
         if generator is None:
-            generator = torch.Generator().manual_seed(cfg.seed)
+            generator = torch.Generator().manual_seed(0)
         if prompts is None:
             prompts = [self.build_prompt(s, i) for i, s in enumerate(samples)]
         trajs: list[Trajectory] = []

@@ -16,21 +16,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from vlmrl.config import Config, load_config
 from vlmrl.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from vlmrl.train.metrics import MetricsLogger, progress, reduce_metrics
-from vlmrl.train.trainer import Trainer, rollout_config, save_run_config
+from vlmrl.train.trainer import Trainer, save_run_config
 
 
 def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, seed: int = 0) -> dict:
-    """Greedy held-out evaluation with the rollout engine: accuracy, tool-call rates, visual tokens."""
+    """Greedy held-out evaluation through the eval harness (vlmrl.evaluation.harness.evaluate_samples), scored
+    with the training reward's accuracy: accuracy, tool-call rates, visual tokens (per needs_zoom split too)."""
+    from vlmrl.evaluation.harness import EvalSettings, evaluate_samples
     from vlmrl.rewards.trajectories import score_trajectories
-    from vlmrl.rollout.engine import RolloutEngine
 
-    rc = replace(rollout_config(cfg), temperature=0.0, mode=mode or cfg.rollout.mode)
-    engine = RolloutEngine(policy, rc)
     samples, skipped = [], 0
     for i in range(min(limit, len(dataset))):
         try:
@@ -40,20 +38,17 @@ def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, 
             print(f"skipped an eval row: {e}", file=sys.stderr)
     if not samples:
         return {"eval/skipped_samples": skipped}
-    trajs = []
-    for s in range(0, len(samples), 8):
-        trajs += engine.rollout(samples[s:s + 8], 1, generator=torch.Generator().manual_seed(seed))
-    _, parts = score_trajectories(trajs, 1, "accuracy_format")
-    acc = parts["accuracy"]
-    out = {"eval/accuracy": sum(acc) / max(1, len(acc)),
-           "eval/tool_call_rate": sum(bool(t.tool_calls) for t in trajs) / max(1, len(trajs)),
-           "eval/visual_tokens_per_sample": sum(t.visual_tokens for t in trajs) / max(1, len(trajs)),
-           "eval/skipped_samples": skipped}
-    for flag, name in ((True, "zoom"), (False, "no_zoom")):
-        idx = [i for i, t in enumerate(trajs) if bool((t.meta or {}).get("needs_zoom")) == flag]
-        if idx and "needs_zoom" in (trajs[0].meta or {}):
-            out[f"eval/accuracy_{name}"] = sum(acc[i] for i in idx) / len(idx)
-            out[f"eval/tool_call_rate_{name}"] = sum(bool(trajs[i].tool_calls) for i in idx) / len(idx)
+    settings = EvalSettings(rollout=replace(cfg.rollout, mode=mode or cfg.rollout.mode), samples=1, batch_size=8,
+                            seed=seed)
+    res = evaluate_samples(samples, policy, settings,
+                           lambda trajs: score_trajectories(trajs, 1, "accuracy_format")[1]["accuracy"])
+    out = {"eval/accuracy": res["accuracy"], "eval/tool_call_rate": res["tool_call_rate"],
+           "eval/visual_tokens_per_sample": res["visual_tokens_per_sample"], "eval/skipped_samples": skipped}
+    for flag, name in (("true", "zoom"), ("false", "no_zoom")):
+        part = res.get("by", {}).get("needs_zoom", {}).get(flag)
+        if part and part["n"]:
+            out[f"eval/accuracy_{name}"] = part["score"]
+            out[f"eval/tool_call_rate_{name}"] = part["tool_call_rate"]
     return out
 
 

@@ -145,7 +145,6 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
     probability `cfg.sft.tool_fraction_no_zoom` (seeded by `seed`)."""
     from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
     from vlmrl.rollout.scripted import ScriptedSampler
-    from vlmrl.train.trainer import rollout_config
 
     if cfg.rollout.mode == "tool" and (cfg.sft.tool_fraction > 0 or cfg.sft.tool_fraction_no_zoom > 0):
         demo_tool(cfg)  # a recipe whose tool cannot be demonstrated fails here, not once per sample
@@ -164,7 +163,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
     batch_texts: list[list[str]] = []
     scripted = ScriptedSampler(policy.tokenizer,
                                lambda row, turn: batch_texts[row][min(turn, len(batch_texts[row]) - 1)])
-    engine = RolloutEngine(policy, rollout_config(cfg), sampler=scripted)
+    engine = RolloutEngine(policy, cfg.rollout, sampler=scripted)
     trajs = []
     for i in range(0, len(ok), chunk):
         part, part_texts = [], []
@@ -180,7 +179,7 @@ def build_demos(policy, samples: list, cfg: Config, seed: int = 0, chunk: int = 
             continue
         batch_texts[:] = part_texts
         scripted.start(len(part))
-        trajs += engine.rollout(part, n_per_prompt=1)
+        trajs += engine.rollout(part, n_per_prompt=1, generator=torch.Generator().manual_seed(cfg.train.seed))
     return trajs, skipped
 
 

@@ -40,7 +40,7 @@ from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Sampler
 from vlmrl.rewards.trajectories import score_trajectories
-from vlmrl.rollout.engine import PromptTooLong, RolloutConfig, RolloutEngine
+from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
 from vlmrl.train.batch import RolloutBatch, micro_batches
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
@@ -50,16 +50,6 @@ from vlmrl.train.schedule import make_scheduler
 from vlmrl.train.stream import PromptStream
 
 
-def rollout_config(cfg: Config) -> RolloutConfig:
-    r = cfg.rollout
-    return RolloutConfig(
-        mode=r.mode, max_turns=r.max_turns, max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
-        temperature=r.temperature, top_p=r.top_p, first_view_scale=r.first_view_scale,
-        first_view_min_pixels=r.first_view_min_pixels, first_view_max_pixels=r.first_view_max_pixels,
-        image_min_pixels=r.image_min_pixels, image_max_pixels=r.image_max_pixels,
-        crop_min_pixels=r.crop_min_pixels, crop_max_pixels=r.crop_max_pixels,
-        coord_convention=r.coord_convention or None, tool=r.tool, tool_name=r.tool_name, prompt_style=r.prompt_style,
-        seed=cfg.train.seed)
 
 
 class Trainer:
@@ -105,8 +95,8 @@ class Trainer:
 
             dataset = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
         self.stream = PromptStream(dataset, t.seed, self.acc.process_index, self.acc.num_processes, cfg.data.shuffle)
-        self.sampler = sampler if sampler is not None else HFSampler(self.policy)
-        self.engine = RolloutEngine(self.policy, rollout_config(cfg), sampler=self.sampler)
+        self.sampler = sampler if sampler is not None else HFSampler(self.policy, cfg.hf_sampler)
+        self.engine = RolloutEngine(self.policy, cfg.rollout, sampler=self.sampler)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
         self.mask_gen = torch.Generator().manual_seed(t.seed * 104729 + self.acc.process_index)
         self.step_idx = 0

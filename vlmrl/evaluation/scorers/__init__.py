@@ -35,6 +35,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vlmrl.rewards.accuracy import parse_number
+
 from .choice import extract_choice, mme_realworld_extract, normalize_letter
 from .mathvista import mathvista_correct
 from .vqa import anls_score, normalize_vqa_answer, pope_metrics, pope_parse, relaxed_correctness, vqa_accuracy
@@ -351,7 +353,6 @@ _register(Scorer("mathvista", _mathvista_doc, lambda t, d, r: {"accuracy": _mean
 
 # --------------------------------------------------------------------------------------------- zoom
 
-_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _PUNCT_EDGES = " \t\n\r.,;:!?\"'`()[]{}"
 
 
@@ -367,24 +368,10 @@ def _final_answer(task, response: str) -> str:
     return response.strip()
 
 
-def parse_number(text: str) -> float | None:
-    """A number in free text: the whole text if it is one (commas as thousands separators allowed),
-    else the last number in it; None if there is none."""
-    t = text.strip().replace(",", "")
-    try:
-        v = float(t)
-        return v if math.isfinite(v) else None
-    except ValueError:
-        pass
-    found = _NUMBER.findall(text)
-    for s in reversed(found):
-        try:
-            v = float(s.replace(",", "").rstrip("."))
-        except ValueError:
-            continue
-        if math.isfinite(v):
-            return v
-    return None
+def _number(text: str) -> float | None:
+    """The last number in text (the training reward's number grammar; a percent sign is ignored)."""
+    found = parse_number(text, when_several="last")
+    return None if found is None else found[0]
 
 
 def normalize_word(text: str) -> str:
@@ -412,7 +399,7 @@ def _zoom_check(task, doc):
             raise ValueError(f"{doc['source']}: answer_type is choice but the row has no choices")
         if _zoom_target_letter(doc) is None:
             raise ValueError(f"{doc['source']}: answer {doc['target']!r} is neither an option letter nor an option text")
-    if at == "number" and parse_number(str(doc["target"])) is None:
+    if at == "number" and _number(str(doc["target"])) is None:
         raise ValueError(f"{doc['source']}: answer_type is number but the answer {doc['target']!r} is not a number")
 
 
@@ -424,8 +411,8 @@ def _zoom_doc(task, doc, response):
         parsed = extract_choice(ans, doc["choices"])
         ok = parsed is not None and parsed == _zoom_target_letter(doc)
     elif at == "number":
-        parsed = parse_number(ans)
-        target = parse_number(str(doc["target"]))
+        parsed = _number(ans)
+        target = _number(str(doc["target"]))
         ok = parsed is not None and math.isclose(parsed, target, rel_tol=1e-9, abs_tol=1e-9)
     else:
         parsed = normalize_word(ans)

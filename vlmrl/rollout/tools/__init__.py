@@ -9,7 +9,7 @@
 """
 
 from vlmrl.rollout.tools.base import Observation, Tool, ToolCall, ToolCallError, ToolContext, ToolImage
-from vlmrl.rollout.tools.coords import CONVENTIONS, FAMILY_CONVENTION, default_convention, to_seen_pixels
+from vlmrl.rollout.tools.coords import CONVENTIONS, default_convention, to_seen_pixels
 from vlmrl.rollout.tools.crop import (
     CROP_INSTRUCTION,
     CROP_MAX_PIXELS,
@@ -35,7 +35,7 @@ from vlmrl.rollout.tools.registry import DEFAULT_TOOL, available_tools, get_tool
 
 __all__ = [
     "CONVENTIONS", "CROP_INSTRUCTION", "CROP_MAX_PIXELS", "CROP_MIN_PIXELS", "DEFAULT_TOOL", "DEFAULT_TOOL_NAME",
-    "ERROR_INSTRUCTION", "FAMILY_CONVENTION", "FIRST_VIEW_MAX_PIXELS", "FIRST_VIEW_MIN_PIXELS", "FIRST_VIEW_SCALE",
+    "ERROR_INSTRUCTION", "FIRST_VIEW_MAX_PIXELS", "FIRST_VIEW_MIN_PIXELS", "FIRST_VIEW_SCALE",
     "MAX_BOX_ASPECT", "MAX_TOOL_CALL_CHARS", "MIN_SEEN_SIZE", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN",
     "CropTool", "MappedBox", "NestedCropTool", "Observation", "Tool", "ToolCall", "ToolCallError", "ToolContext",
     "ToolImage", "available_tools", "box_coverage", "check_bbox", "crop_image", "default_convention", "first_view",

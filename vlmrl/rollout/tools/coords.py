@@ -3,32 +3,18 @@
 - ``"absolute"``: pixels of the image the model saw (Qwen2.5-VL's grounding format);
 - ``"rel1000"``: 0..1000 relative to the seen image (Qwen2-VL and Qwen3-VL);
 - ``"rel1"``: 0..1 relative to the seen image.
+
+(The conventions and each family's default are in the family table, ``vlmrl/family.py``.)
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-CONVENTIONS = ("absolute", "rel1000", "rel1")
-_CONVENTION_RANGE = {"absolute": None, "rel1000": 1000.0, "rel1": 1.0}
-FAMILY_CONVENTION = {
-    "qwen2_vl": "rel1000",
-    "qwen2_5_vl": "absolute",
-    "qwen3_vl": "rel1000",
-}
+from vlmrl.family import CONVENTION_RANGE as _CONVENTION_RANGE
+from vlmrl.family import CONVENTIONS, default_convention
 
-
-def _normalise_family(family: str) -> str:
-    return family.strip().lower().replace("-", "_").replace(".", "_")
-
-
-def default_convention(family: str) -> str:
-    """Coordinate convention a model family was trained with: "absolute" for Qwen2.5-VL,
-    "rel1000" for Qwen2-VL and Qwen3-VL. Accepts "qwen2_5_vl", "qwen2.5-vl", "Qwen2.5-VL", ..."""
-    key = _normalise_family(family)
-    if key not in FAMILY_CONVENTION:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_CONVENTION)}")
-    return FAMILY_CONVENTION[key]
+__all__ = ["CONVENTIONS", "default_convention", "check_size", "check_convention", "to_seen_pixels"]
 
 
 def check_size(size: Sequence[int], what: str) -> tuple[int, int]:
