@@ -91,7 +91,7 @@ def test_nested_crop_argument_errors(arguments, kind, fragment):
 
 
 def test_nested_crop_prompt_schema():
-    schema = NestedCropTool("zoom_in").schema("relative1000", "full")["function"]
+    schema = NestedCropTool("zoom_in").schema("rel1000", "full")["function"]
     assert schema["name"] == "zoom_in" and schema["parameters"]["required"] == ["image_index", "bbox_2d"]
     assert "0 = the first image" in schema["parameters"]["properties"]["image_index"]["description"]
     assert '"image_index": k, "bbox_2d"' in NestedCropTool().short_prompt("absolute")
