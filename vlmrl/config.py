@@ -67,7 +67,7 @@ class RolloutConfig:
     crop_max_pixels: int = 1024 * 28 * 28
     coord_convention: str = ""  # "" = the model family's (absolute for Qwen2.5-VL, rel1000 otherwise)
     tool: str = "crop"  # the tool of tool mode: crop | nested_crop (crop from any earlier image) | module:Class | file.py:Class
-    tool_name: str = "crop"  # the name the model writes in its calls (AdaptVision: request_local_region)
+    tool_name: str = ""  # the name the model writes in its calls ("" = the tool's own: crop; AdaptVision: request_local_region)
     prompt_style: str = "full"  # full | compact | minimal | bare
     first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
     #                              "{question}" in it stands for the sample's question

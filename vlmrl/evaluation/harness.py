@@ -119,7 +119,7 @@ def benchmark_messages(sample, cfg, family: str) -> list[dict]:
     if cfg.mode == "tool":
         convention = cfg.coord_convention or default_convention(family)
         tool = make_tool(cfg.tool, cfg.tool_name)
-        system = tool_system_prompt(cfg.tool_name, convention, cfg.prompt_style,
+        system = tool_system_prompt(tool.name, convention, cfg.prompt_style,
                                     schema=tool.schema(convention, cfg.prompt_style), line=tool.short_prompt(convention))
     else:
         system = DEFAULT_SYSTEM if cfg.prompt_style == "full" else COMPACT_SYSTEM

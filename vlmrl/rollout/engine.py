@@ -46,7 +46,7 @@ def _default_messages(sample, cfg: RolloutConfig, family: str) -> list[dict]:
         return build_messages(sample, mode="direct", style=cfg.prompt_style)
     convention = cfg.coord_convention or default_convention(family)
     tool = make_tool(cfg.tool, cfg.tool_name)
-    return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=cfg.tool_name, coords=convention,
+    return build_messages(sample, mode="tool", style=cfg.prompt_style, tool_name=tool.name, coords=convention,
                           schema=tool.schema(convention, cfg.prompt_style), line=tool.short_prompt(convention))
 
 

@@ -114,7 +114,7 @@ def demo_texts(sample, cfg: Config, family: str, factor: int, use_tool: bool) ->
     convention = r.coord_convention or default_convention(family)
     bbox = seen_box(box, image.size, view.size, convention, grid=cfg.sft.box == "grid",
                     snap=factor if cfg.sft.box == "snap" else 0)
-    call = json.dumps({"name": r.tool_name, "arguments": tool.first_view_arguments(bbox)})
+    call = json.dumps({"name": tool.name, "arguments": tool.first_view_arguments(bbox)})
     return [f"{restate(CROP_THINK, sample.question, cfg)}<tool_call>{call}</tool_call>", AFTER_CROP.format(answer=answer)]
 
 

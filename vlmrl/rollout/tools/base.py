@@ -122,7 +122,7 @@ class Tool:
     error_instruction: str = ERROR_INSTRUCTION  # after an error message
 
     def __init__(self, name: str | None = None):
-        if name is not None:
+        if name:  # None or "": the class's own name
             self.name = name
         if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"tool name must be a non-empty identifier, got {self.name!r}")
