@@ -303,7 +303,6 @@ def _decodable(task, batch: list[dict], skipped: list[str]) -> tuple[list[dict],
 def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: EvalSettings,
              progress: bool = True) -> dict:
     """Roll out and score every doc not already in ``out_dir/samples.jsonl``; write results.json."""
-    import torch
     from tqdm import tqdm
 
     from vlmrl.rollout.trajectory import save_traces

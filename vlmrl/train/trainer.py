@@ -50,8 +50,6 @@ from vlmrl.train.schedule import make_scheduler
 from vlmrl.train.stream import PromptStream
 
 
-
-
 class Trainer:
     """`sampler`: the generation backend rollouts use (default: `HFSampler(policy)`); it must sample from `policy`'s
     weights once `sync_weights(policy.model)` has been called after each optimizer step."""

@@ -30,7 +30,6 @@ zoom               vlmrl synthetic zoom: choice / number / word          accurac
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
