@@ -50,10 +50,14 @@ def test_design_public_algorithm_names():
         assert callable(getattr(algos, name)), name
 
 
-def test_import_vlmrl_registers_the_image_only_processor(tiny_dirs):
-    """In a fresh interpreter: nothing but `import vlmrl`, then AutoProcessor on a vlmrl checkpoint handles images
-    (without the registration it silently returns a bare tokenizer)."""
-    code = ("import vlmrl\nfrom transformers import AutoProcessor\nfrom PIL import Image\n"
+@pytest.mark.parametrize("first", ["vlmrl", "transformers"])
+def test_import_vlmrl_registers_the_image_only_processor(tiny_dirs, first):
+    """In a fresh interpreter, `import vlmrl` before or after transformers: AutoProcessor on a vlmrl checkpoint
+    handles images (without the registration it silently returns a bare tokenizer); `import vlmrl` alone does not
+    import transformers (vlmrl/_autoprocessor.py registers when transformers loads its AutoProcessor module)."""
+    imports = {"vlmrl": "import sys, vlmrl\nassert 'transformers' not in sys.modules\nfrom transformers import AutoProcessor\n",
+               "transformers": "from transformers import AutoProcessor\nimport vlmrl\n"}[first]
+    code = (imports + "from PIL import Image\n"
             f"p = AutoProcessor.from_pretrained({str(tiny_dirs['qwen2_5_vl'])!r})\n"
             "out = p.image_processor(images=[Image.new('RGB', (56, 56))], return_tensors='pt')\n"
             "print(type(p).__name__, tuple(out['image_grid_thw'][0].tolist()))\n")

@@ -13,8 +13,8 @@ The Python API (README "Python API"), importable from here; each name lives in t
 - the pure algorithm functions stay in `vlmrl.algos` (grpo_advantages, dtpo_advantages, policy_loss, ...).
 
 `import vlmrl` registers vlmrl's image-only Qwen-VL processors with transformers' `AutoProcessor`, so
-`AutoProcessor.from_pretrained(<a vlmrl checkpoint>)` returns a processor that handles images, not a bare tokenizer.
-The other names are imported on first use.
+`AutoProcessor.from_pretrained(<a vlmrl checkpoint>)` returns a processor that handles images, not a bare tokenizer
+(without importing transformers itself: vlmrl/_autoprocessor.py). The other names are imported on first use.
 """
 
 from vlmrl._lazy import lazy_exports
@@ -41,4 +41,6 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
-import vlmrl.models.processor  # noqa: E402,F401  (registers the image-only processors with AutoProcessor)
+from vlmrl._autoprocessor import install as _install_processors  # noqa: E402
+
+_install_processors()  # AutoProcessor -> vlmrl's image-only processors (registered when transformers loads it)
