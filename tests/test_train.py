@@ -296,3 +296,26 @@ def test_papo_masked_image_is_shared_within_a_group_not_across_resampling_tries(
         assert kept.any() and not ((masked - other).abs().amax(-1) < 1e-5)[kept].any()
     crops = [v[1] for v in vis if len(v) > 1]
     assert len(crops) == 2 * G - 1 and len({id(c) for c in crops}) == len(crops)  # one per trajectory
+
+
+def test_periodic_eval_runs_with_the_trainers_sampler(tiny_policies):
+    """train/run.py's periodic eval goes through the eval harness with the sampler it is given (the trainer's, so
+    no second HF sampler packs its own copy of the decode weights): a scripted sampler's answers are what it
+    scores, 2 of 3 right."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vlmrl.config import load_config
+    from vlmrl.rollout.scripted import ScriptedSampler
+    from vlmrl.train.run import evaluate
+
+    pol = tiny_policies["qwen2_5_vl"]
+    samples = [SimpleNamespace(id=str(i), images=[Image.new("RGB", (112, 112), (40 * i, 90, 200))],
+                               question="What digit?", answer=a, answer_type="number", choices=None, meta={})
+               for i, a in enumerate(["7", "7", "3"])]
+    scripted = ScriptedSampler(pol.tokenizer, lambda row, turn: "<think>ok</think><answer>7</answer>")
+    scripted.start(len(samples))
+    cfg = load_config(None, ["rollout.max_new_tokens=16"])
+    out = evaluate(pol, samples, cfg, limit=3, sampler=scripted)
+    assert out["eval/accuracy"] == pytest.approx(2 / 3) and out["eval/skipped_samples"] == 0

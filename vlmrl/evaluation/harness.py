@@ -72,11 +72,12 @@ class EvalSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def make_engine(policy, settings: EvalSettings, messages_fn: Callable | None = None):
-    """The rollout engine an evaluation runs (``messages_fn`` None: vlmrl's training prompts)."""
+def make_engine(policy, settings: EvalSettings, messages_fn: Callable | None = None, sampler=None):
+    """The rollout engine an evaluation runs (``messages_fn`` None: vlmrl's training prompts; ``sampler`` None: a
+    new ``HFSampler(policy)``)."""
     from vlmrl.rollout.engine import RolloutEngine
 
-    return RolloutEngine(policy, settings.engine_config(), messages_fn=messages_fn)
+    return RolloutEngine(policy, settings.engine_config(), messages_fn=messages_fn, sampler=sampler)
 
 
 def batch_generator(settings: EvalSettings, first_index: int):
@@ -377,13 +378,14 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
 # ------------------------------------------------------------------------------------ periodic eval
 
 
-def evaluate_samples(samples: list, policy, settings: EvalSettings, score: Callable[[list], list[float]]) -> dict:
+def evaluate_samples(samples: list, policy, settings: EvalSettings, score: Callable[[list], list[float]],
+                     sampler=None) -> dict:
     """Periodic evaluation during training: roll out already-decoded Samples (vlmrl's training prompts) with
     the harness's engine, batching and seeding, score every trajectory with ``score(trajectories) -> [float]``
     and summarise like results.json: ``{"accuracy", "tool_call_rate", "visual_tokens_per_sample"}``, and when
     the samples carry ``meta.needs_zoom`` ``{"by": {"needs_zoom": {"true": {...}, "false": {...}}}}``."""
     settings.check()
-    engine = make_engine(policy, settings)
+    engine = make_engine(policy, settings, sampler=sampler)
     K = settings.samples
     records = []
     for start in range(0, len(samples), settings.batch_size):
