@@ -249,7 +249,7 @@ class RolloutEngine:
         if out.image is None:
             return out, None
         shown = out.image
-        n = (shown.image.size[0] // pol.factor) * (shown.image.size[1] // pol.factor)
+        n = self.codec.image_tokens(shown.image.size)
         t.images.append(TrajImage(shown.kind, shown.image.size, sample.images[shown.source].size, n, turn,
                                   shown.box_seen, shown.box_original, image=shown.image))
         return out, shown.image

@@ -27,6 +27,7 @@ import math
 import random
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +244,7 @@ class Trainer:
                 for c, chunk in enumerate(chunks):
                     rows = [idx[k] for k in chunk]
                     sync = c == len(chunks) - 1
-                    ctx = self.acc.no_sync(pol.model) if not sync and self.acc.num_processes > 1 else _nullctx()
+                    ctx = self.acc.no_sync(pol.model) if not sync and self.acc.num_processes > 1 else nullcontext()
                     with ctx:
                         loss, m = self._micro_loss(batch, rows, batch.take(weights, rows), n_tok, temp)
                         self.acc.backward(loss)
@@ -344,14 +345,6 @@ class Trainer:
                                      share_prefix=groups is not None).cpu()
                 batch.put(out, rows, lp)
         return out
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def save_run_config(cfg: Config, out: Path) -> None:
