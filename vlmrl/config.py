@@ -115,20 +115,37 @@ class PapoConfig:
 @dataclass
 class AlgoConfig:
     name: str = "grpo"  # grpo | dr_grpo | dapo | gspo | dtpo
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
+    # clip range; left out (null), the algorithm's default from the algorithm table (vlmrl/algos/table.py):
+    # 0.2/0.2 (grpo, dr_grpo), 0.2/0.28 (dapo), 3e-4/4e-4 (gspo), 0.2/0.24 (dtpo)
+    clip_low: float | None = None
+    clip_high: float | None = None
+    dual_clip: float | None = None  # c > 1 bounds the loss of A < 0 tokens at c*|A| (EasyR1's default 3.0)
     loss_agg: str = ""  # "" = the algorithm's default (token-mean; seq-mean-token-mean for GSPO; Dr.GRPO's norm)
     kl_coef: float = 0.0  # reference KL; no reference model is loaded when 0
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
-    dynamic_sampling: bool = False  # drop zero-std groups and sample more prompts (DAPO)
-    max_sampling_tries: int = 3
+    dynamic_sampling: bool = False  # drop zero-std groups and sample more prompts (DAPO; AdaptVision's rejection sampling)
+    filter_metric: str = ""  # the reward whose group std dynamic sampling checks: total | a reward part (accuracy, ...);
+    #                          "" = the algorithm's default (accuracy for dapo, total otherwise)
+    max_sampling_tries: int = 10  # rollout rounds per step before training on a short batch (verl's DAPO: 10)
+    overlong_buffer: int = 0  # DAPO's soft overlong punishment: tokens before the length cap where it starts (0 = off)
+    overlong_penalty: float = 1.0  # ... rising linearly to -overlong_penalty at the cap
     acc_window: list[float] | None = None  # keep groups whose mean accuracy is in (low, high): PAPO-D
     tool_weight: float = 0.3  # DTPO
     alpha: float = 0.5  # DTPO weight of non-final turns
     mask_unfinished: bool = False  # exclude trajectories that hit the turn/length cap without an answer
     papo: PapoConfig = field(default_factory=PapoConfig)
+
+    def __post_init__(self):
+        from vlmrl.algos.table import ALGORITHMS  # here, not at the top: the table imports torch
+
+        row = ALGORITHMS.get(self.name)  # an unknown name is refused by check_algorithm_fits
+        if row is not None:  # the algorithm's defaults for what the recipe left out
+            self.clip_low = row.clip_low if self.clip_low is None else self.clip_low
+            self.clip_high = row.clip_high if self.clip_high is None else self.clip_high
+            self.filter_metric = self.filter_metric or row.filter_metric
+        if self.overlong_buffer < 0 or self.overlong_penalty < 0:
+            raise ConfigError("algo.overlong_buffer and algo.overlong_penalty must be >= 0")
 
 
 @dataclass

@@ -102,6 +102,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.too_long = 0
+        self.sampling_stats = {}
 
     # ------------------------------------------------------------------ rollout + rewards
 
@@ -126,16 +127,29 @@ class Trainer:
                                    first_group_id=first_group_id)
 
     def _score(self, trajs, groups: torch.Tensor):
-        r = self.cfg.reward
+        r, a, ro = self.cfg.reward, self.cfg.algo, self.cfg.rollout
         extra = {"theta": r.theta, "w_crop": r.w_crop, "w_area": r.w_area} if r.name == "dtpo" else {}
-        return score_trajectories(trajs, groups, r.name, r.format_weight, **extra)
+        total, parts = score_trajectories(trajs, groups, r.name, r.format_weight, **extra)
+        if a.overlong_buffer > 0:  # DAPO's soft overlong punishment, on the total (and DTPO's outcome reward)
+            max_len = ro.max_new_tokens * (ro.max_turns if ro.mode == "tool" else 1)
+            pen = algos.overlong_penalty(torch.tensor([t.num_response_tokens for t in trajs]), max_len,
+                                         a.overlong_buffer, a.overlong_penalty).tolist()
+            total = [x + p for x, p in zip(total, pen)]
+            if "outcome" in parts:
+                parts["outcome"] = [x + p for x, p in zip(parts["outcome"], pen)]
+            parts["overlong"] = pen
+        return total, parts
 
     def _keep_groups(self, total, parts, groups: torch.Tensor) -> list[bool]:
         """One flag per group (in group-id order): whether the filters keep it."""
         a = self.cfg.algo
         keep = torch.ones(len(torch.unique(groups)), dtype=torch.bool)
         if a.dynamic_sampling:
-            keep &= algos.dynamic_sampling_keep(torch.tensor(total), groups)
+            if a.filter_metric != "total" and a.filter_metric not in parts:
+                raise ValueError(f"algo.filter_metric={a.filter_metric!r} is not a reward part of reward.name="
+                                 f"{self.cfg.reward.name} (parts: total, {', '.join(sorted(parts))})")
+            values = total if a.filter_metric == "total" else parts[a.filter_metric]
+            keep &= algos.dynamic_sampling_keep(torch.tensor(values, dtype=torch.float32), groups)
         if a.acc_window:
             acc = torch.tensor(parts.get("accuracy", total))
             keep &= algos.accuracy_window_keep(acc, groups, a.acc_window[0], a.acc_window[1])
@@ -165,6 +179,12 @@ class Trainer:
                 kept += k_new
             if sum(kept) >= B or not filtering or tries >= max(1, a.max_sampling_tries):
                 break
+        short = max(0, B - sum(kept)) if filtering else 0
+        self.sampling_stats = {"sampling/tries": tries, "sampling/short_groups": short}
+        if short:
+            warnings.warn(f"step {self.step_idx + 1}: only {sum(kept)} of {B} groups passed the group filters after "
+                          f"{tries} rollout rounds (algo.max_sampling_tries={a.max_sampling_tries}); training on a "
+                          f"short batch (logged as sampling/short_groups)", RuntimeWarning, stacklevel=2)
         return trajs, total, parts, kept, zero_std / max(1, n_groups)
 
     # ------------------------------------------------------------------ advantages
@@ -266,7 +286,7 @@ class Trainer:
 
     def _micro_loss(self, batch: RolloutBatch, rows: list[int], w: torch.Tensor, n_tok: int, temp: float):
         return micro_batch_loss(self.policy, self.cfg.algo, self.algorithm.level, batch, rows, w, n_tok, temp,
-                                self.cfg.train.share_prompt)
+                                self.cfg.train.share_prompt, reg_token_mean=self.algorithm.reg_agg == "token-mean")
 
     # ------------------------------------------------------------------ one step
 
@@ -277,7 +297,7 @@ class Trainer:
         pol.model.eval()
         trajs, total, parts, kept, zero_std = self.collect()
         times["time/rollout"] = time.perf_counter() - t0
-        metrics = {"zero_std_frac": zero_std}
+        metrics = {"zero_std_frac": zero_std, **self.sampling_stats}
         if not trajs:
             return metrics | {"skipped_samples": len(self.stream.skipped), "prompts_too_long": self.too_long}, []
         unfinished = ("max_turns", "length") if a.mask_unfinished else ()
