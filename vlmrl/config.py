@@ -63,8 +63,10 @@ class RolloutConfig:
     first_view_max_pixels: int = 1024 * 28 * 28
     image_min_pixels: int = 4 * 28 * 28  # direct mode budget
     image_max_pixels: int = 1024 * 28 * 28
-    crop_min_pixels: int = 256 * 28 * 28
-    crop_max_pixels: int = 1024 * 28 * 28
+    crop_min_pixels: int = 256 * 28 * 28  # every crop is shown with >= 256 visual tokens (AdaptVision: 4*28*28)
+    crop_max_pixels: int = 1024 * 28 * 28  # (AdaptVision: 3840*3840)
+    crop_min_box: float = 28.0  # crop boxes thinner than this (seen pixels) grow around their centre; 0 = never (AdaptVision)
+    resample: str = "bicubic"  # filter of every rollout resize (first view, direct-mode image, crops): bicubic | lanczos (AdaptVision)
     coord_convention: str = ""  # "" = the model family's (absolute for Qwen2.5-VL, rel1000 otherwise)
     tool: str = "crop"  # the tool of tool mode: crop | nested_crop (crop from any earlier image) | module:Class | file.py:Class
     tool_name: str = ""  # the name the model writes in its calls ("" = the tool's own: crop; AdaptVision: request_local_region)
@@ -77,6 +79,14 @@ class RolloutConfig:
             raise ConfigError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
         if self.max_turns < 1:
             raise ConfigError("max_turns must be >= 1")
+        from vlmrl.data.images import resample_filter
+
+        try:
+            resample_filter(self.resample)
+        except ValueError as e:
+            raise ConfigError(f"rollout.{e}") from None
+        if not self.crop_min_box >= 0:
+            raise ConfigError(f"rollout.crop_min_box must be >= 0, got {self.crop_min_box}")
         for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
             lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
             if hi < lo:
@@ -106,10 +116,19 @@ class PapoConfig:
     enabled: bool = False
     gamma: float = 0.02  # weight of the (maximised) perception KL: PAPO-G 0.02, PAPO-D 0.01
     mask_prob: float = 0.6
-    patch_size: int = 14
-    masked_grad: bool = False  # the masked pass with gradient (needed for eta2 to move weights)
+    patch_size: int = 0  # side of the masked tiles in pixels; 0 = the model family's vision patch (14 Qwen2/2.5-VL, 16 Qwen3-VL)
+    mask_order: str = "raw"  # raw: mask the source image, then resize it like the view the model saw (PAPO's code);
+    #                          resized: mask the view the model saw (tiles on its patch grid)
+    masked_grad: bool = False  # the masked pass with gradient (needed for eta2 to move weights); PAPO's released runs:
+    #                            no grad, the masked log-probs computed once under the rollout (old) weights
     eta1: float = 0.0  # double entropy on the policy pass
     eta2: float = 0.0  # double entropy on the masked pass
+
+    def __post_init__(self):
+        if self.mask_order not in ("raw", "resized"):
+            raise ConfigError(f"algo.papo.mask_order must be 'raw' or 'resized', got {self.mask_order!r}")
+        if self.patch_size < 0:
+            raise ConfigError(f"algo.papo.patch_size must be >= 0 (0 = the family's patch), got {self.patch_size}")
 
 
 @dataclass
@@ -152,10 +171,20 @@ class AlgoConfig:
 class RewardConfig:
     name: str = "accuracy_format"  # accuracy_format | dtpo | a registered name | module:fn | file.py:fn
     format_weight: float = 0.5  # total = accuracy + format_weight * format (accuracy_format; DTPO's w_fmt)
+    format_style: str = "strict"  # strict (only whitespace between tags) | official (AdaptVision's regex: any text
+    #                               between </think> and <answer>/<tool_call>); vlmrl/rewards/format.py
+    area_from: str = "crop"  # DTPO area term a: crop (cut region / original) | raw (AdaptVision: the box as written)
     rel_tol: float = 0.01  # numeric answers
     theta: float = 0.2  # DTPO balance rule
     w_crop: float = 0.1
     w_area: float = 0.2
+
+
+    def __post_init__(self):
+        if self.format_style not in ("strict", "official"):
+            raise ConfigError(f"reward.format_style must be 'strict' or 'official', got {self.format_style!r}")
+        if self.area_from not in ("crop", "raw"):
+            raise ConfigError(f"reward.area_from must be 'crop' or 'raw', got {self.area_from!r}")
 
 
 @dataclass

@@ -36,6 +36,8 @@ import torch
 from vlmrl import algos
 from vlmrl.algos.table import check_algorithm
 from vlmrl.config import Config, save_config
+from vlmrl.data.images import resample_filter
+from vlmrl.family import get_family
 from vlmrl.models.codec import Seq
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
@@ -46,6 +48,7 @@ from vlmrl.train.batch import RolloutBatch, micro_batches
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
+from vlmrl.train.papo_views import masked_views
 from vlmrl.train.rollout_metrics import rollout_metrics
 from vlmrl.train.schedule import make_scheduler
 from vlmrl.train.stream import PromptStream
@@ -103,6 +106,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.too_long = 0
         self.sampling_stats = {}
+        self._group_images = {}
 
     # ------------------------------------------------------------------ rollout + rewards
 
@@ -123,13 +127,14 @@ class Trainer:
                 self.too_long += 1
         if not ok:
             return []
+        self._group_images.update({first_group_id + i: list(s.images) for i, s in enumerate(ok)})
         return self.engine.rollout(ok, self.samples_per_prompt(ok), generator=self.gen, prompts=prompts,
                                    first_group_id=first_group_id)
 
     def _score(self, trajs, groups: torch.Tensor):
         r, a, ro = self.cfg.reward, self.cfg.algo, self.cfg.rollout
         extra = {"theta": r.theta, "w_crop": r.w_crop, "w_area": r.w_area} if r.name == "dtpo" else {}
-        total, parts = score_trajectories(trajs, groups, r.name, r.format_weight, **extra)
+        total, parts = score_trajectories(trajs, groups, r.name, r.format_weight, r.format_style, r.area_from, **extra)
         if a.overlong_buffer > 0:  # DAPO's soft overlong punishment, on the total (and DTPO's outcome reward)
             max_len = ro.max_new_tokens * (ro.max_turns if ro.mode == "tool" else 1)
             pen = algos.overlong_penalty(torch.tensor([t.num_response_tokens for t in trajs]), max_len,
@@ -160,6 +165,7 @@ class Trainer:
         step's groups, resampling tries included, so `kept[g]` is group g's filter verdict."""
         a, B = self.cfg.algo, self.cfg.train.prompts_per_step
         trajs, total, parts, kept = [], [], {}, []
+        self._group_images = {}  # group id -> its sample's source images (PAPO's raw-order masking)
         filtering = a.dynamic_sampling or bool(a.acc_window)
         tries, zero_std, n_groups = 0, 0, 0
         while True:
@@ -208,20 +214,18 @@ class Trainer:
     # ------------------------------------------------------------------ updates
 
     def _masked_vision(self, trajs):
-        """PAPO: one randomly patch-masked copy of every image, shared by the samples of a group (by group id)."""
+        """PAPO: one randomly patch-masked copy of every image, shared by the samples of a group (by group id), in
+        the recipe's mask order (vlmrl/train/papo_views.py), encoded for the vision tower."""
         p, pol = self.cfg.algo.papo, self.policy
-        cache = {}
-        out = []
-        for t in trajs:
-            vis = []
-            for j, im in enumerate(t.images):
-                key = (t.group_id, j) if im.kind == "input" else (id(t), j)
-                if key not in cache:
-                    masked = algos.random_patch_mask(im.image, p.patch_size, p.mask_prob, generator=self.mask_gen)
-                    cache[key] = pol.codec.encode_image(masked)
-                vis.append(cache[key])
-            out.append(vis)
-        return out
+        size = p.patch_size or get_family(pol.family).patch
+        views = masked_views(trajs, self._group_images, p.mask_order, size, p.mask_prob, self.mask_gen,
+                             self.engine.view, resample_filter(self.cfg.rollout.resample))
+        encoded = {}  # a group's shared views are encoded once
+        for row in views:
+            for v in row:
+                if id(v) not in encoded:
+                    encoded[id(v)] = pol.codec.encode_image(v)
+        return [[encoded[id(v)] for v in row] for row in views]
 
     def _loss_weights(self, batch: RolloutBatch, idx: list[int]) -> torch.Tensor:
         """The loss weights of a mini-batch's rows, [N, T] (0 outside `idx`): they sum its aggregated loss."""
