@@ -384,6 +384,11 @@ def check_algorithm_fits(cfg: Config) -> None:
         check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    ro = cfg.rollout
+    max_len = ro.max_new_tokens * (ro.max_turns if ro.mode == "tool" else 1)
+    if cfg.algo.overlong_buffer > max_len:
+        raise ConfigError(f"algo.overlong_buffer ({cfg.algo.overlong_buffer}) must be at most the response length cap "
+                          f"({max_len}: rollout.max_new_tokens" + (" x rollout.max_turns)" if ro.mode == "tool" else ")"))
 
 
 def to_dict(cfg: Any) -> dict:
