@@ -19,6 +19,12 @@ import torch
 from PIL import Image
 
 from vlmrl.algos.papo import random_patch_mask
+from vlmrl.family import get_family
+
+
+def tile_size(patch_size: int, family: str) -> int:
+    """`algo.papo.patch_size`, or for 0 the family's vision patch: 14 (Qwen2/2.5-VL), 16 (Qwen3-VL)."""
+    return patch_size or get_family(family).patch
 
 
 def masked_views(trajs: Sequence, sources: Mapping[int, Sequence[Image.Image]], order: str, patch_size: int,

@@ -37,7 +37,6 @@ from vlmrl import algos
 from vlmrl.algos.table import check_algorithm
 from vlmrl.config import Config, save_config
 from vlmrl.data.images import resample_filter
-from vlmrl.family import get_family
 from vlmrl.models.codec import Seq
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
@@ -48,7 +47,7 @@ from vlmrl.train.batch import RolloutBatch, micro_batches
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
-from vlmrl.train.papo_views import masked_views
+from vlmrl.train.papo_views import masked_views, tile_size
 from vlmrl.train.rollout_metrics import rollout_metrics
 from vlmrl.train.schedule import make_scheduler
 from vlmrl.train.stream import PromptStream
@@ -217,9 +216,8 @@ class Trainer:
         """PAPO: one randomly patch-masked copy of every image, shared by the samples of a group (by group id), in
         the recipe's mask order (vlmrl/train/papo_views.py), encoded for the vision tower."""
         p, pol = self.cfg.algo.papo, self.policy
-        size = p.patch_size or get_family(pol.family).patch
-        views = masked_views(trajs, self._group_images, p.mask_order, size, p.mask_prob, self.mask_gen,
-                             self.engine.view, resample_filter(self.cfg.rollout.resample))
+        views = masked_views(trajs, self._group_images, p.mask_order, tile_size(p.patch_size, pol.family), p.mask_prob,
+                             self.mask_gen, self.engine.view, resample_filter(self.cfg.rollout.resample))
         encoded = {}  # a group's shared views are encoded once
         for row in views:
             for v in row:
