@@ -266,14 +266,15 @@ def test_skipped_rows_are_restored_per_process():
 def test_papo_masked_image_is_shared_within_a_group_not_across_resampling_tries(assets, tmp_path):
     """PAPO masks each prompt image once per group (by group id). prompt_index restarts with each resampling
     try, so two groups with prompt_index 0 (different images, group ids 0 and 1) must each get a masked copy of
-    their own image, and a crop gets one per trajectory."""
+    their own image, and a crop gets one per trajectory (mask_order resized; the raw order, where a group's crops
+    share its source's mask, is tested in tests/test_papo_views.py)."""
     from PIL import Image
 
     from vlmrl.rollout.trajectory import TrajImage, Trajectory
     from vlmrl.train.trainer import Trainer
 
     cfg = load_config(None, overrides(assets, tmp_path) + ["algo.papo.enabled=true", "algo.papo.mask_prob=0.5",
-                                                           "algo.papo.patch_size=14"])
+                                                           "algo.papo.patch_size=14", "algo.papo.mask_order=resized"])
     tr = Trainer(cfg)
     G = cfg.rollout.group_size
     size = (56, 56)
