@@ -179,7 +179,6 @@ class RewardConfig:
     w_crop: float = 0.1
     w_area: float = 0.2
 
-
     def __post_init__(self):
         if self.format_style not in ("strict", "official"):
             raise ConfigError(f"reward.format_style must be 'strict' or 'official', got {self.format_style!r}")

@@ -107,7 +107,10 @@ def dtpo_group_rewards(items: Sequence[dict], groups: int | torch.Tensor | Seque
         crop_ok, judged = judge_crop(crops, sample, judge) if called[-1] else (0.0, True)
         ok.append(crop_ok)
         unjudged.append(float(not judged))
-        area.append(float(it["area"]) if "area" in it else crop_area_fraction(crops, it["image_size"]) if crops else 0.0)
+        if "area" in it:
+            area.append(float(it["area"]))
+        else:
+            area.append(crop_area_fraction(crops, it["image_size"]) if crops else 0.0)
     out = dtpo_rewards(acc, fmt, called, ok, area, groups, **weights)
     out.update(accuracy=acc, format=fmt, tool_called=[float(c) for c in called], crop_ok=ok, area=area,
                unjudged=unjudged)
