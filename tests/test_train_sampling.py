@@ -139,3 +139,22 @@ def test_dtpo_entropy_and_kl_are_plain_token_means():
     assert out["ref_kl"] == pytest.approx(k3 / 6)
     _, split = micro_batch_loss(pol, a, "token", batch, [0, 1], w, 6, 1.0, False)  # the other algorithms' rule
     assert split["loss/entropy"] == pytest.approx(-0.1 * 2.5) and split["ref_kl"] == pytest.approx(0.5 * k3)
+
+
+def test_perception_kl_term_value_in_the_training_loss():
+    """PAPO's kl_prcp (MikeWangWZHL/PAPO @ fb63bf4533b7, verl/workers/actor/dp_actor.py:329-368): compute_kl(log_probs,
+    aug_log_probs, "low_var_kl"), token-averaged, subtracted with coefficient gamma. Six tokens, the masked
+    log-prob higher by ln 2 on one: k = 2 - ln 2 - 1 = 0.30685 there, 0 elsewhere -> KL_prcp = 0.30685 / 6 =
+    0.051142 and the loss term -0.02 * 0.051142 = -0.0010228."""
+    mask = torch.ones(2, 3)
+    logp = torch.full((2, 3), -1.0, requires_grad=True)
+    masked = torch.full((2, 3), -1.0)
+    masked[1, 2] += math.log(2)
+    batch = FakeBatch(seqs=[None, None], loss_mask=mask, old_logp=torch.full((2, 3), -1.0),
+                      advantages=torch.zeros(2, 3), masked_logp=masked)
+    a = AlgoConfig(name="grpo")
+    a.papo.enabled, a.papo.gamma = True, 0.02
+    _, out = micro_batch_loss(FakePolicy(logp, torch.zeros(2, 3)), a, "token", batch, [0, 1],
+                              algos.loss_weights(mask), 6, 1.0, False)
+    k = 2 - math.log(2) - 1
+    assert out["perception_kl"] == pytest.approx(k / 6) and out["loss/perception"] == pytest.approx(-0.02 * k / 6)
