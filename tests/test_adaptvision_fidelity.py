@@ -4,7 +4,8 @@ DTPO recipe that uses them.
 
 AdaptVision/AdaptVision @ 9b7d57c0df97: verl/utils/reward_score/general_qa_bbox.py (format 122-201, area 270-280),
 verl/workers/rollout/vllm_rollout/function_tools.py (crop 108-117), verl/utils/dataset/multimodal_dataset.py
-(first view 90-127), scripts/run_adaptvision.sh (rejection_sample=True).
+(first view 90-127), scripts/run_adaptvision.sh (lambda 0.3 :26, alpha 0.5 :41, clip high 0.24 :42, entropy 0.001 :49,
+rejection_sample=True :85).
 """
 
 from types import SimpleNamespace
@@ -95,7 +96,7 @@ def test_dtpo_area_term_from_the_raw_box():
 
 def test_dtpo_recipe_follows_adaptvision():
     """The DTPO recipe's settings are AdaptVision's: rejection sampling on the total reward (run_adaptvision.sh:
-    trainer.rejection_sample=True), the official format regex, the raw-box area, first view <= 2048*2048 and
+    :85 trainer.rejection_sample=True), the official format regex, the raw-box area, first view <= 2048*2048 and
     >= 4*28*28 (multimodal_dataset.py:125), crops in [4*28*28, 3840*3840] (function_tools.py:114), no small-box
     expansion, LANCZOS; clip 0.2/0.24, entropy 0.001, tool_weight (lambda) 0.3, alpha 0.5 (run_adaptvision.sh)."""
     cfg = load_config("recipes/dtpo.yaml")

@@ -86,8 +86,9 @@ def test_overlong_penalty_dapo_rule():
 
 
 def test_per_algorithm_defaults_apply_where_the_recipe_is_silent():
-    """GSPO paper (Zheng et al. 2025, sec. 5.1): clip 3e-4 / 4e-4; DAPO clip-higher 0.2/0.28; AdaptVision's run
-    script (scripts/run_adaptvision.sh: clip_ratio_high=0.24). A recipe's own values win."""
+    """GSPO paper (Zheng et al. 2025, sec. 5.1): clip 3e-4 / 4e-4 (verl examples/gspo_trainer/test_gspo_3b_math.sh:72-73
+    "as recommended by the paper, see Sec. 5.1"); DAPO clip-higher 0.2/0.28; AdaptVision's run script
+    (scripts/run_adaptvision.sh:42, clip_ratio_high=0.24). A recipe's own values win."""
     clip = {n: (load_config(None, [f"algo.name={n}"] + (["reward.name=dtpo", "rollout.mode=tool"] if n == "dtpo"
                                                          else [])).algo) for n in ("grpo", "dapo", "gspo", "dtpo")}
     assert {n: (a.clip_low, a.clip_high) for n, a in clip.items()} == {
