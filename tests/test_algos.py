@@ -241,14 +241,17 @@ def test_kl_estimators_values():
         kl_estimate(logp, ref, "k4")
 
 
-def test_k3_clamps_the_log_ratio():
-    logp = torch.zeros(2, dtype=torch.float32, requires_grad=True)
-    ref = torch.tensor([-100.0, 100.0])
+def test_k3_clamps_the_log_ratio_and_the_estimate():
+    """verl low_var_kl (verl/trainer/ppo/core_algos.py:1890-1896 @ b178a3cd56f5) and EasyR1 compute_kl
+    (verl/trainer/core_algos.py:590-594 @ b44b311b669b): x = clamp(ref - logp, -20, 20), k3 = clamp(e^x - x - 1,
+    -10, 10). Hand values: x = -20 -> e^-20 + 19 -> 10; x = 20 -> e^20 - 21 -> 10; x = 2 -> e^2 - 3 = 4.389."""
+    logp = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    ref = torch.tensor([-100.0, 100.0, 2.0])
     k = kl_estimate(logp, ref, "k3")
-    assert k[0].item() == pytest.approx(math.exp(-20) + 20 - 1)
-    assert k[1].item() == pytest.approx(math.exp(20) - 20 - 1, rel=1e-5)
+    assert k.tolist() == pytest.approx([10.0, 10.0, math.exp(2) - 3])
     k.sum().backward()
-    assert torch.isfinite(logp.grad).all() and torch.equal(logp.grad, torch.zeros(2))
+    assert torch.isfinite(logp.grad).all()
+    assert logp.grad.tolist() == pytest.approx([0.0, 0.0, 1 - math.exp(2)])  # capped tokens pass no gradient
 
 
 def test_entropy_from_logits_exact_and_stable():

@@ -50,15 +50,18 @@ def test_dtpo_advantages_every_token():
 
 
 def test_dtpo_advantages_explicit_tool_call_turns():
-    # row 1 hit the turn cap: its second turn is also a tool call; row 2's third turn is the answer
-    tool_turns = torch.tensor([[False, False, False], [True, True, False], [True, True, False], [False, False, False]])
+    """AdaptVision compute_DTPO_advantage (verl/trainer/ppo/core_algos.py:224-232 @ 9b7d57c0df97): turn 1 gets
+    lambda * A_turn + A_outcome, turn 2 (the final turn) A_outcome alone, whatever it ends in. Row 1 hit the turn cap
+    in a second tool call: its final turn still gets A_oc = -0.25 / (0.5 + eps) (no tool boost). Row 2's middle turn
+    does not end in a tool call here: it gets A_oc alone too."""
+    tool_turns = torch.tensor([[False, False, False], [True, True, False], [True, False, False], [False, False, False]])
     adv = dtpo_advantages(R_OC, R_TOOL, TURNS, MASK, 4, tool_call_turns=tool_turns)
+    a_oc = -0.25 / (0.5 + EPS)
+    both = a_oc + 0.3 * 0.05 / (0.05 / (math.sqrt(3) / 2) + EPS)
+    assert adv[1].tolist() == pytest.approx([0, both, both, 0, 0, a_oc, a_oc, a_oc])
+    assert adv[2].tolist() == pytest.approx([both, 0, a_oc, 0, a_oc, a_oc, 0, 0])
     default = dtpo_advantages(R_OC, R_TOOL, TURNS, MASK, 4)
-    boost = 0.3 * 0.05 / (0.05 / (math.sqrt(3) / 2) + EPS)
-    diff = adv - default
-    assert torch.allclose(diff[1, 5:], t([boost] * 3))
-    diff[1, 5:] = 0
-    assert torch.equal(diff, torch.zeros_like(diff))
+    assert torch.equal(adv[[0, 3]], default[[0, 3]])
     with pytest.raises(ValueError):
         dtpo_advantages(R_OC, R_TOOL, TURNS, MASK, 4, tool_call_turns=tool_turns[:, :2])  # turn 2 out of range
 
@@ -93,8 +96,13 @@ def test_dtpo_loss_hand_case():
     assert float(m["loss_non_final"]) == pytest.approx(-2.0) and float(m["loss_final"]) == pytest.approx(-2.0)
     loss.backward()
     assert torch.allclose(logp.grad, t([[-1 / 4, -1 / 4, 0, 0], [0.5 * -2.0, 0, -3 / 4, -3 / 4]]))
-    explicit, _ = dtpo_loss(logp.detach(), old, adv, mask, final_turn_mask=final_turn_mask(turn_ids, mask), alpha=0.5)
-    assert explicit.item() == pytest.approx(loss.item())
+    # an explicit final-turn mask is used as given: with row 1 token 0 also called final, non-final tokens are none
+    # and the final mean is (-1 - 1 - 2 - 3 - 3) / 5 = -2.0; alpha 0.3 then has nothing to weigh
+    explicit, m2 = dtpo_loss(logp.detach(), old, adv, mask, final_turn_mask=mask.bool(), alpha=0.3)
+    assert explicit.item() == pytest.approx(-2.0) and float(m2["loss_non_final"]) == 0.0
+    # only row 1's last two tokens final: non-final -1, -1, -2 (mean -4/3), final -3, -3 (mean -3)
+    split, _ = dtpo_loss(logp.detach(), old, adv, mask, final_turn_mask=t([[0, 0, 0, 0], [0, 0, 1, 1]]), alpha=0.3)
+    assert split.item() == pytest.approx(0.3 * (-4 / 3) + -3.0)
 
 
 def test_dtpo_loss_all_direct_has_no_non_final_term_and_clips():

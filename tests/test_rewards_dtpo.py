@@ -1,5 +1,7 @@
 """DTPO rewards: outcome reward with the tool discount and the balance rule, tool reward and crop checks."""
 
+import math
+
 import pytest
 import torch
 
@@ -126,6 +128,16 @@ def test_dtpo_group_rewards_end_to_end_and_into_advantages():
     unboxed = [dict(it, sample=dict(it["sample"], meta={})) for it in items]
     assert dtpo_group_rewards(unboxed, 4)["unjudged"] == [0.0, 1.0, 1.0, 1.0]
 
-    adv = dtpo_advantages(torch.tensor(out["outcome"]), torch.tensor(out["tool"]),
-                          torch.zeros(4, 3, dtype=torch.long), torch.ones(4, 3), groups=4)
-    assert adv.shape == (4, 3) and torch.isfinite(adv).all()
+    # advantages by hand: R_oc = [1.5, 1.4, 0.5, 1.4], mean 1.2, unbiased std sqrt(0.66 / 3) = 0.46904;
+    # R_tool = [0, .1, .1, 0], std sqrt(0.01 / 3) = 0.057735, z = -+0.86603. Row 0 answers directly (one turn,
+    # A_oc + 0.3 A_tool); rows 1-3 crop in turn 0 (A_oc + 0.3 A_tool) and answer in turn 1 (A_oc alone).
+    turns = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]])
+    adv = dtpo_advantages(torch.tensor(out["outcome"], dtype=torch.float64),
+                          torch.tensor(out["tool"], dtype=torch.float64), turns, torch.ones(4, 4), groups=4)
+    sd_oc, sd_tool = math.sqrt(0.66 / 3) + 1e-6, math.sqrt(0.01 / 3) + 1e-6
+    a_oc = [0.3 / sd_oc, 0.2 / sd_oc, -0.7 / sd_oc, 0.2 / sd_oc]
+    a_tool = [-0.05 / sd_tool, 0.05 / sd_tool, 0.05 / sd_tool, -0.05 / sd_tool]
+    assert a_oc[0] == pytest.approx(0.63960, abs=1e-5) and a_tool[1] == pytest.approx(0.86601, abs=1e-5)
+    for i in range(4):
+        first, final = a_oc[i] + 0.3 * a_tool[i], a_oc[i] if i else a_oc[i] + 0.3 * a_tool[i]
+        assert adv[i].tolist() == pytest.approx([first, first, final, final], abs=1e-9)

@@ -284,7 +284,7 @@ def test_crop_tool_run():
     call = tool.read("<think>zoom</think>" + call_json([250, 250, 750, 750]))
     obs = tool.run(call.args, ctx)
     assert obs.record == {"bbox": [250.0, 250.0, 750.0, 750.0], "box_seen": [56.0, 42.0, 168.0, 126.0],
-                          "box_original": [112, 84, 336, 252]}
+                          "box_original": [112, 84, 336, 252], "area_raw": 0.25}
     assert obs.image.image.size == (224, 168) and obs.image.source == 0 and obs.image.kind == "crop"
     assert obs.image.box_original == [112, 84, 336, 252] and obs.image.box_seen == [56.0, 42.0, 168.0, 126.0]
     bad = tool.run(tool.read(call_json([300, 10, 400, 60])).args, context_for(orig, SEEN))

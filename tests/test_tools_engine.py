@@ -67,7 +67,7 @@ def test_nested_crop_mapping_by_hand():
     assert call.args == (1, (56.0, 28.0, 112.0, 84.0))
     obs = tool.run(call.args, ToolContext([original], seen, "absolute", 28, 4 * 28 * 28, 112 * 112))
     assert obs.record == {"image_index": 1, "bbox": [56.0, 28.0, 112.0, 84.0], "box_seen": [56.0, 28.0, 112.0, 84.0],
-                          "box_original": [300, 150, 400, 250]}
+                          "box_original": [300, 150, 400, 250], "area_raw": 56 * 56 / (224 * 112)}
     assert obs.image.image.size == (112, 112)  # smart_resize(100, 100) at factor 28
     assert obs.image.image.tobytes() == original.crop((300, 150, 400, 250)).resize((112, 112), Image.BICUBIC).tobytes()
     # image 0 is the first view: the box maps through the whole image (x2, as the crop tool does)

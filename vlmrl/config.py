@@ -63,8 +63,10 @@ class RolloutConfig:
     first_view_max_pixels: int = 1024 * 28 * 28
     image_min_pixels: int = 4 * 28 * 28  # direct mode budget
     image_max_pixels: int = 1024 * 28 * 28
-    crop_min_pixels: int = 256 * 28 * 28
-    crop_max_pixels: int = 1024 * 28 * 28
+    crop_min_pixels: int = 256 * 28 * 28  # every crop is shown with >= 256 visual tokens (AdaptVision: 4*28*28)
+    crop_max_pixels: int = 1024 * 28 * 28  # (AdaptVision: 3840*3840)
+    crop_min_box: float = 28.0  # crop boxes thinner than this (seen pixels) grow around their centre; 0 = never (AdaptVision)
+    resample: str = "bicubic"  # filter of every rollout resize (first view, direct-mode image, crops): bicubic | lanczos (AdaptVision)
     coord_convention: str = ""  # "" = the model family's (absolute for Qwen2.5-VL, rel1000 otherwise)
     tool: str = "crop"  # the tool of tool mode: crop | nested_crop (crop from any earlier image) | module:Class | file.py:Class
     tool_name: str = ""  # the name the model writes in its calls ("" = the tool's own: crop; AdaptVision: request_local_region)
@@ -77,6 +79,14 @@ class RolloutConfig:
             raise ConfigError(f"rollout mode must be 'tool' or 'direct', got {self.mode!r}")
         if self.max_turns < 1:
             raise ConfigError("max_turns must be >= 1")
+        from vlmrl.data.images import resample_filter
+
+        try:
+            resample_filter(self.resample)
+        except ValueError as e:
+            raise ConfigError(f"rollout.{e}") from None
+        if not self.crop_min_box >= 0:
+            raise ConfigError(f"rollout.crop_min_box must be >= 0, got {self.crop_min_box}")
         for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
             lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
             if hi < lo:
@@ -106,39 +116,74 @@ class PapoConfig:
     enabled: bool = False
     gamma: float = 0.02  # weight of the (maximised) perception KL: PAPO-G 0.02, PAPO-D 0.01
     mask_prob: float = 0.6
-    patch_size: int = 14
-    masked_grad: bool = False  # the masked pass with gradient (needed for eta2 to move weights)
+    patch_size: int = 0  # side of the masked tiles in pixels; 0 = the model family's vision patch (14 Qwen2/2.5-VL, 16 Qwen3-VL)
+    mask_order: str = "raw"  # raw: mask the source image, then resize it like the view the model saw (PAPO's code);
+    #                          resized: mask the view the model saw (tiles on its patch grid)
+    masked_grad: bool = False  # the masked pass with gradient (needed for eta2 to move weights); PAPO's released runs:
+    #                            no grad, the masked log-probs computed once under the rollout (old) weights
     eta1: float = 0.0  # double entropy on the policy pass
     eta2: float = 0.0  # double entropy on the masked pass
+
+    def __post_init__(self):
+        if self.mask_order not in ("raw", "resized"):
+            raise ConfigError(f"algo.papo.mask_order must be 'raw' or 'resized', got {self.mask_order!r}")
+        if self.patch_size < 0:
+            raise ConfigError(f"algo.papo.patch_size must be >= 0 (0 = the family's patch), got {self.patch_size}")
 
 
 @dataclass
 class AlgoConfig:
     name: str = "grpo"  # grpo | dr_grpo | dapo | gspo | dtpo
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
+    # clip range; left out (null), the algorithm's default from the algorithm table (vlmrl/algos/table.py):
+    # 0.2/0.2 (grpo, dr_grpo), 0.2/0.28 (dapo), 3e-4/4e-4 (gspo), 0.2/0.24 (dtpo)
+    clip_low: float | None = None
+    clip_high: float | None = None
+    dual_clip: float | None = None  # c > 1 bounds the loss of A < 0 tokens at c*|A| (EasyR1's default 3.0)
     loss_agg: str = ""  # "" = the algorithm's default (token-mean; seq-mean-token-mean for GSPO; Dr.GRPO's norm)
     kl_coef: float = 0.0  # reference KL; no reference model is loaded when 0
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
-    dynamic_sampling: bool = False  # drop zero-std groups and sample more prompts (DAPO)
-    max_sampling_tries: int = 3
+    dynamic_sampling: bool = False  # drop zero-std groups and sample more prompts (DAPO; AdaptVision's rejection sampling)
+    filter_metric: str = ""  # the reward whose group std dynamic sampling checks: total | a reward part (accuracy, ...);
+    #                          "" = the algorithm's default (accuracy for dapo, total otherwise)
+    max_sampling_tries: int = 10  # rollout rounds per step before training on a short batch (verl's DAPO: 10)
+    overlong_buffer: int = 0  # DAPO's soft overlong punishment: tokens before the length cap where it starts (0 = off)
+    overlong_penalty: float = 1.0  # ... rising linearly to -overlong_penalty at the cap
     acc_window: list[float] | None = None  # keep groups whose mean accuracy is in (low, high): PAPO-D
     tool_weight: float = 0.3  # DTPO
     alpha: float = 0.5  # DTPO weight of non-final turns
     mask_unfinished: bool = False  # exclude trajectories that hit the turn/length cap without an answer
     papo: PapoConfig = field(default_factory=PapoConfig)
 
+    def __post_init__(self):
+        from vlmrl.algos.table import ALGORITHMS  # here, not at the top: the table imports torch
+
+        row = ALGORITHMS.get(self.name)  # an unknown name is refused by check_algorithm_fits
+        if row is not None:  # the algorithm's defaults for what the recipe left out
+            self.clip_low = row.clip_low if self.clip_low is None else self.clip_low
+            self.clip_high = row.clip_high if self.clip_high is None else self.clip_high
+            self.filter_metric = self.filter_metric or row.filter_metric
+        if self.overlong_buffer < 0 or self.overlong_penalty < 0:
+            raise ConfigError("algo.overlong_buffer and algo.overlong_penalty must be >= 0")
+
 
 @dataclass
 class RewardConfig:
     name: str = "accuracy_format"  # accuracy_format | dtpo | a registered name | module:fn | file.py:fn
     format_weight: float = 0.5  # total = accuracy + format_weight * format (accuracy_format; DTPO's w_fmt)
+    format_style: str = "strict"  # strict (only whitespace between tags) | official (AdaptVision's regex: any text
+    #                               between </think> and <answer>/<tool_call>); vlmrl/rewards/format.py
+    area_from: str = "crop"  # DTPO area term a: crop (cut region / original) | raw (AdaptVision: the box as written)
     rel_tol: float = 0.01  # numeric answers
     theta: float = 0.2  # DTPO balance rule
     w_crop: float = 0.1
     w_area: float = 0.2
+
+    def __post_init__(self):
+        if self.format_style not in ("strict", "official"):
+            raise ConfigError(f"reward.format_style must be 'strict' or 'official', got {self.format_style!r}")
+        if self.area_from not in ("crop", "raw"):
+            raise ConfigError(f"reward.area_from must be 'crop' or 'raw', got {self.area_from!r}")
 
 
 @dataclass
@@ -338,6 +383,11 @@ def check_algorithm_fits(cfg: Config) -> None:
         check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    ro = cfg.rollout
+    max_len = ro.max_new_tokens * (ro.max_turns if ro.mode == "tool" else 1)
+    if cfg.algo.overlong_buffer > max_len:
+        raise ConfigError(f"algo.overlong_buffer ({cfg.algo.overlong_buffer}) must be at most the response length cap "
+                          f"({max_len}: rollout.max_new_tokens" + (" x rollout.max_turns)" if ro.mode == "tool" else ")"))
 
 
 def to_dict(cfg: Any) -> dict:

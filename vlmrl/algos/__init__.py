@@ -23,6 +23,7 @@ from vlmrl.algos.losses import (
     sampled_entropy,
 )
 from vlmrl.algos.papo import double_entropy, perception_kl, random_patch_mask
+from vlmrl.algos.shaping import overlong_penalty
 from vlmrl.algos.table import ALGORITHMS, Algorithm, check_algorithm
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "kl_estimate",
     "last_turn_ids",
     "masked_mean",
+    "overlong_penalty",
     "perception_kl",
     "policy_loss",
     "ppo_clip_loss",

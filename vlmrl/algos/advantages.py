@@ -55,23 +55,25 @@ def dtpo_advantages(
 ) -> torch.Tensor:
     """DTPO per-token advantages [B,T] from the two z-scored rewards.
 
-    The first assistant turn (id 0) and every turn that ends in a tool call get
+    The first assistant turn (id 0) and every turn that ends in a tool call, except the row's final turn, get
     ``A_oc + tool_weight * A_tool``; other assistant turns get ``A_oc``; tokens with response_mask 0 get 0.
+    The final turn (the largest turn id among the row's response tokens) gets ``A_oc`` alone even when it is a
+    tool call cut off at the turn cap, as AdaptVision's turn 2 (verl/trainer/ppo/core_algos.py:224-232 there).
     ``tool_call_turns`` is bool [B, max_turns], True where assistant turn k of row b ends in a tool call.
-    Default (None): every turn of a row except its last one (the largest turn id among its response
-    tokens) is a tool-call turn, i.e. a trajectory that hit the turn cap mid-tool-call is not told apart.
+    Default (None): every turn of a row except its last one is a tool-call turn.
     """
     a_oc = grpo_advantages(outcome_rewards, groups, "group", eps)
     a_tool = grpo_advantages(tool_rewards, groups, "group", eps)
     resp = response_mask.bool()
+    not_final = turn_ids < last_turn_ids(turn_ids, response_mask).unsqueeze(1)
     if tool_call_turns is None:
-        is_tool_turn = turn_ids < last_turn_ids(turn_ids, response_mask).unsqueeze(1)
+        is_tool_turn = not_final
     else:
         n_turns = tool_call_turns.shape[1]
         bad = resp & ((turn_ids < 0) | (turn_ids >= n_turns))
         if bad.any():
             raise ValueError(f"response tokens carry turn ids outside [0, {n_turns}) of tool_call_turns")
-        is_tool_turn = tool_call_turns.bool().gather(1, turn_ids.long().clamp(0, n_turns - 1))
+        is_tool_turn = tool_call_turns.bool().gather(1, turn_ids.long().clamp(0, n_turns - 1)) & not_final
     boosted = (turn_ids == 0) | is_tool_turn
     adv = a_oc.unsqueeze(1) + tool_weight * a_tool.unsqueeze(1) * boosted.to(a_oc.dtype)
     return adv * resp.to(adv.dtype)

@@ -46,13 +46,19 @@ def ppo_clip_loss(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_
     return loss, regions
 
 
+LOG_RATIO_CLAMP = 20.0  # token log-ratio clamped to [-20, 20] before exp (EasyR1, verl)
+SEQ_LOG_RATIO_MAX = 10.0  # GSPO's sequence log-ratio clamped to <= 10 before exp (verl)
+
+
 def _ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
-    """Token ratio exp(logp - old_logp), or GSPO's s_i.detach() * exp(logp - logp.detach()) per token."""
+    """Token ratio exp(clamp(logp - old_logp, -20, 20)), or GSPO's per-token
+    exp(min(logp - sg[logp] + sg[log s_i], 10)), log s_i = mean_t(logp - old_logp). A clamped token passes no
+    gradient (as in verl and EasyR1)."""
     if level == "token":
-        return torch.exp(logp - old_logp)
+        return torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     if level == "sequence":
         seq_log_ratio = masked_mean(logp - old_logp, mask, dim=-1)  # log s_i = mean_t log-ratio
-        return torch.exp(logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1))
+        return torch.exp((logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp(max=SEQ_LOG_RATIO_MAX))
     raise ValueError(f"level must be 'token' or 'sequence' (GSPO), got {level!r}")
 
 
@@ -171,8 +177,8 @@ def dtpo_loss(
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-token estimate [B,T] of KL(pi || ref) from samples of pi: k1, k2 or k3 (Schulman).
 
-    k1 = logp - ref; k2 = (logp - ref)^2 / 2; k3 = exp(x) - x - 1 with x = ref - logp clamped to
-    [-20, 20] for numeric safety (no gradient flows through a clamped token).
+    k1 = logp - ref; k2 = (logp - ref)^2 / 2; k3 = clamp(exp(x) - x - 1, -10, 10) with x = ref - logp clamped
+    to [-20, 20] (verl's and EasyR1's low_var_kl; no gradient flows through a clamped token).
     """
     if kind == "k1":
         return logp - ref_logp
@@ -180,7 +186,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") ->
         return 0.5 * (logp - ref_logp) ** 2
     if kind == "k3":
         x = (ref_logp - logp).clamp(-20.0, 20.0)
-        return torch.exp(x) - x - 1.0
+        return (torch.exp(x) - x - 1.0).clamp(-10.0, 10.0)
     raise ValueError(f"kind must be 'k1', 'k2' or 'k3', got {kind!r}")
 
 

@@ -2,8 +2,10 @@
 
 Per algorithm: how advantages are computed ("group": GRPO's z-score per group; "centered": Dr.GRPO's r - mean;
 "dtpo": DTPO's per-token mix of two z-scored rewards), the default loss aggregation (`algo.loss_agg` overrides
-it), whether the PPO ratio is per token or per sequence (GSPO), and the reward and rollout mode it needs.
-DAPO differs from GRPO only in its recipe (clip-higher, dynamic sampling), which are settings, not table rows.
+it), whether the PPO ratio is per token or per sequence (GSPO), the reward and rollout mode it needs, and its
+defaults for settings a recipe may leave out: the clip range (`algo.clip_low` / `algo.clip_high`), the reward the
+dynamic-sampling filter looks at (`algo.filter_metric`), and how the reference-KL and entropy terms are averaged.
+DAPO differs from GRPO in its defaults (clip-higher 0.2/0.28, filter on accuracy) and its recipe (dynamic sampling).
 """
 
 from __future__ import annotations
@@ -22,14 +24,21 @@ class Algorithm:
     reward: str | None = None  # the reward.name it needs (None: any)
     mode: str | None = None  # the rollout.mode it needs (None: any)
     why: str = ""  # the reason for `reward` / `mode`, for the error message
+    clip_low: float = 0.2  # default algo.clip_low
+    clip_high: float = 0.2  # default algo.clip_high
+    filter_metric: str = "total"  # default algo.filter_metric: "total" reward or a reward part ("accuracy")
+    reg_agg: str = ""  # aggregation of the reference-KL and entropy terms ("" = the policy loss's weights)
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("grpo", "group", "token-mean"),
-    Algorithm("dapo", "group", "token-mean"),
+    # DAPO (Yu et al. 2025): clip-higher; verl's DAPO filters groups on accuracy (docs/algo/dapo.md, metric: acc)
+    Algorithm("dapo", "group", "token-mean", clip_high=0.28, filter_metric="accuracy"),
     Algorithm("dr_grpo", "centered", "seq-mean-token-sum-norm"),
-    Algorithm("gspo", "group", "seq-mean-token-mean", level="sequence"),
-    Algorithm("dtpo", "dtpo", "dtpo", reward="dtpo", mode="tool",
+    # GSPO (Zheng et al. 2025, sec. 5.1): clip 3e-4 / 4e-4 on the sequence ratio
+    Algorithm("gspo", "group", "seq-mean-token-mean", level="sequence", clip_low=3e-4, clip_high=4e-4),
+    # AdaptVision: clip 0.2/0.24; entropy (and KL) are plain token means (verl/workers/actor/dp_actor.py:345-356)
+    Algorithm("dtpo", "dtpo", "dtpo", reward="dtpo", mode="tool", clip_high=0.24, reg_agg="token-mean",
               why="DTPO's advantages need the outcome and tool rewards and decouple tool-call and answer turns"),
 )}
 

@@ -467,6 +467,17 @@ def budget_size(width: int, height: int, family_or_factor: str | int = 28, min_p
     return w, h
 
 
+RESAMPLE_FILTERS = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}  # rollout.resample (AdaptVision: lanczos)
+
+
+def resample_filter(name: str) -> int:
+    """The PIL filter of a `rollout.resample` name; ValueError naming the choices otherwise."""
+    try:
+        return RESAMPLE_FILTERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {name!r}") from None
+
+
 def fit_to_budget(image: Image.Image, family_or_factor: str | int = 28, min_pixels: int | None = None,
                   max_pixels: int | None = None, resample: int = Image.BICUBIC) -> Image.Image:
     """Resize ``image`` (BICUBIC, RGB) to its smart_resize size: both sides multiples of the factor (28 for

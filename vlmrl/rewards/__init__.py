@@ -19,7 +19,14 @@ from vlmrl.rewards.dtpo import (
     judge_crop,
 )
 from vlmrl.rewards.extract import extract_answer, extract_boxed
-from vlmrl.rewards.format import format_direct, format_reward, format_tool, format_tool_call_turn
+from vlmrl.rewards.format import (
+    format_direct,
+    format_official,
+    format_reward,
+    format_reward_official,
+    format_tool,
+    format_tool_call_turn,
+)
 from vlmrl.rewards.registry import (
     RewardFn,
     available_rewards,
@@ -43,7 +50,9 @@ __all__ = [
     "extract_answer",
     "extract_boxed",
     "format_direct",
+    "format_official",
     "format_reward",
+    "format_reward_official",
     "format_tool",
     "format_tool_call_turn",
     "get_reward",

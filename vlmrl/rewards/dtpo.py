@@ -92,20 +92,25 @@ def dtpo_rewards(acc: Sequence[float], fmt: Sequence[float], tool_called: Sequen
 
 def dtpo_group_rewards(items: Sequence[dict], groups: int | torch.Tensor | Sequence[int],
                        judge: CropJudge | None = None, accuracy_fn: Callable[[str, dict], dict] = accuracy_reward,
+                       format_fn: Callable[[str, dict], dict] = format_reward,
                        **weights) -> dict[str, list[float]]:
     """dtpo_rewards from raw trajectories. Each item: "response" (final assistant text), "sample" (the
     reward-fn sample dict with "turns", "tool_calls", "meta"), "crops" (boxes in original pixels) and
-    "image_size" (W, H) of the original image. Adds parts accuracy, format, crop_ok, area, unjudged."""
+    "image_size" (W, H) of the original image; optionally "area" (the area term's `a`, e.g. AdaptVision's
+    raw-box ratio), else the crops' area over the image's. Adds parts accuracy, format, crop_ok, area, unjudged."""
     acc, fmt, called, ok, area, unjudged = [], [], [], [], [], []
     for it in items:
         sample, crops = it["sample"], list(it.get("crops") or [])
         acc.append(float(accuracy_fn(it["response"], sample)["reward"]))
-        fmt.append(float(format_reward(it["response"], sample)["reward"]))
+        fmt.append(float(format_fn(it["response"], sample)["reward"]))
         called.append(int(sample.get("tool_calls") or 0) > 0)
         crop_ok, judged = judge_crop(crops, sample, judge) if called[-1] else (0.0, True)
         ok.append(crop_ok)
         unjudged.append(float(not judged))
-        area.append(crop_area_fraction(crops, it["image_size"]) if crops else 0.0)
+        if "area" in it:
+            area.append(float(it["area"]))
+        else:
+            area.append(crop_area_fraction(crops, it["image_size"]) if crops else 0.0)
     out = dtpo_rewards(acc, fmt, called, ok, area, groups, **weights)
     out.update(accuracy=acc, format=fmt, tool_called=[float(c) for c in called], crop_ok=ok, area=area,
                unjudged=unjudged)

@@ -18,7 +18,7 @@ from typing import Callable, Union
 
 from vlmrl.loading import Registry
 from vlmrl.rewards.accuracy import accuracy_reward
-from vlmrl.rewards.format import format_reward
+from vlmrl.rewards.format import format_reward, format_reward_official
 
 RewardFn = Callable[[str, dict], Union[float, dict]]
 REWARDS = Registry("reward", "function")  # reloads a user file on every get, as it always did
@@ -64,3 +64,4 @@ def call_reward(fn: RewardFn, response: str, sample: dict) -> tuple[float, dict[
 
 register_reward("accuracy")(accuracy_reward)
 register_reward("format")(format_reward)
+register_reward("format_official")(format_reward_official)

@@ -16,7 +16,7 @@ from typing import Any
 
 from vlmrl.rewards.accuracy import accuracy_reward
 from vlmrl.rewards.dtpo import dtpo_group_rewards
-from vlmrl.rewards.format import format_reward
+from vlmrl.rewards.format import format_fn
 from vlmrl.rewards.registry import call_reward, get_reward
 
 
@@ -37,21 +37,30 @@ def _safe(fn, response: str, sample: dict) -> tuple[float, dict, bool]:
 
 
 def score_trajectories(trajs: list, groups, name: str = "accuracy_format", format_weight: float = 0.5,
+                       format_style: str = "strict", area_from: str = "crop",
                        **dtpo_weights) -> tuple[list[float], dict[str, list[float]]]:
     """Totals (one per trajectory) and named parts (lists of the same length) for a rollout batch. `groups`
     (a group size, or one group id per trajectory, e.g. `[t.group_id for t in trajs]`) matters only to the
-    per-group DTPO rewards."""
+    per-group DTPO rewards. `format_style`: strict | official (vlmrl.rewards.format). `area_from` (DTPO's area
+    term): "crop", the cut region over the original image; "raw", AdaptVision's ratio of the box as written (the
+    crop tools' record "area_raw")."""
+    fmt_fn = format_fn(format_style)
+    if area_from not in ("crop", "raw"):
+        raise ValueError(f"reward.area_from must be 'crop' or 'raw', got {area_from!r}")
     if name == "dtpo":
         items = [{"response": t.final_text, "sample": reward_sample(t),
                   "crops": [c.box_original for c in t.tool_calls if c.valid],
                   "image_size": t.images[0].original_size} for t in trajs]
-        out = dtpo_group_rewards(items, groups, w_fmt=format_weight, **dtpo_weights)
+        if area_from == "raw":
+            for it, t in zip(items, trajs):
+                it["area"] = sum(float(c.record.get("area_raw", 0.0)) for c in t.tool_calls if c.valid)
+        out = dtpo_group_rewards(items, groups, w_fmt=format_weight, format_fn=fmt_fn, **dtpo_weights)
         total = [o + tl for o, tl in zip(out["outcome"], out["tool"])]
         parts = {k: [float(x) for x in v] for k, v in out.items()}
         parts["reward_errors"] = [0.0] * len(trajs)
         return total, parts
     if name == "accuracy_format":
-        fns = [("accuracy", accuracy_reward, 1.0), ("format", format_reward, format_weight)]
+        fns = [("accuracy", accuracy_reward, 1.0), ("format", fmt_fn, format_weight)]
     else:
         fns = [(name.rsplit(":", 1)[-1], get_reward(name), 1.0)]
     total = [0.0] * len(trajs)

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from vlmrl.config import RolloutConfig
+from vlmrl.data.images import resample_filter
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Generation, Prompt, Sampler, SamplingParams
@@ -69,12 +70,14 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ prompts
 
-    def _view(self, image):
+    def view(self, image):
+        """The view the model is shown of a prompt image: the first view in tool mode, else the image in its budget."""
         cfg, f = self.cfg, self.policy.factor
+        rs = resample_filter(cfg.resample)
         if cfg.mode == "tool":
             return crop_tool.first_view(image, cfg.first_view_scale, f, cfg.first_view_min_pixels,
-                                        cfg.first_view_max_pixels)
-        return crop_tool.first_view(image, 1.0, f, cfg.image_min_pixels, cfg.image_max_pixels)
+                                        cfg.first_view_max_pixels, rs)
+        return crop_tool.first_view(image, 1.0, f, cfg.image_min_pixels, cfg.image_max_pixels, rs)
 
     def build_prompt(self, sample, index: int = 0) -> tuple[Prompt, list[TrajImage]]:
         """Token ids and images of a sample's prompt (first views in tool mode)."""
@@ -93,10 +96,11 @@ class RolloutEngine:
                 ids.append(t)
                 continue
             src = sample.images[len(views)]
-            view = self._view(src)
+            view = self.view(src)
             v = self.codec.vision(view)
             views.append(view)
-            images.append(TrajImage("input", view.size, src.size, v.num_tokens(pol.merge), -1, image=view))
+            images.append(TrajImage("input", view.size, src.size, v.num_tokens(pol.merge), -1, image=view,
+                                    source=len(views) - 1))
             ids.extend([pol.image_token_id] * v.num_tokens(pol.merge))
         if len(ids) >= self.cfg.max_total_tokens:
             raise PromptTooLong(f"{where}: the prompt is {len(ids)} tokens (images included), which does not "
@@ -238,7 +242,7 @@ class RolloutEngine:
         out = call
         if not isinstance(call, ToolCallError):
             context = ToolContext(sample.images, t.images, self.convention, pol.factor, cfg.crop_min_pixels,
-                                  cfg.crop_max_pixels, turn)
+                                  cfg.crop_max_pixels, turn, cfg.crop_min_box, resample_filter(cfg.resample))
             out = tool.run(call.args, context)
         arguments = getattr(call, "arguments", None)
         if isinstance(out, ToolCallError):
@@ -251,5 +255,5 @@ class RolloutEngine:
         shown = out.image
         n = self.codec.image_tokens(shown.image.size)
         t.images.append(TrajImage(shown.kind, shown.image.size, sample.images[shown.source].size, n, turn,
-                                  shown.box_seen, shown.box_original, image=shown.image))
+                                  shown.box_seen, shown.box_original, image=shown.image, source=shown.source))
         return out, shown.image

@@ -34,6 +34,7 @@ class TrajImage:
     box_original: list[int] | None = None  # crop box in original pixels
     path: str | None = None  # file the image was saved to (set by save_traces / load_traces)
     image: Any = field(default=None, repr=False, compare=False)  # PIL image (not serialised)
+    source: int = 0  # which of the sample's images it shows (the prompt's k-th image, or the crop's source)
 
 
 @dataclass

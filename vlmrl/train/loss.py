@@ -12,11 +12,13 @@ from vlmrl.train.batch import RolloutBatch
 
 
 def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBatch, rows: list[int],
-                     w: torch.Tensor, n_tok: int, temp: float, share: bool) -> tuple[torch.Tensor, dict]:
+                     w: torch.Tensor, n_tok: int, temp: float, share: bool,
+                     reg_token_mean: bool = False) -> tuple[torch.Tensor, dict]:
     """(loss to backpropagate, logged terms) of batch rows `rows`. `w` are their loss weights (computed over the
     whole mini-batch, so sums over micro-batches are exact); `n_tok` the mini-batch's loss tokens, which scales the
     token-mean PAPO terms the same way; `level` the PPO ratio's level (token, or sequence for GSPO); `share` runs
-    a group's common prompt once in the log-prob passes."""
+    a group's common prompt once in the log-prob passes. The reference-KL and entropy terms use `w` too, or, with
+    `reg_token_mean` (DTPO, as AdaptVision), a plain token mean over the mini-batch."""
     dev = policy.device
     seqs = [batch.seqs[i] for i in rows]
     maskd = batch.take(batch.loss_mask, rows).to(dev)
@@ -30,13 +32,14 @@ def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBa
     frac = float(maskd.sum()) / max(1, n_tok)  # token-mean terms: exact over micro-batches
     out = {"loss/pg": pg.item(), "clip/low": float(m["clip_frac_low"]), "clip/high": float(m["clip_frac_high"]),
            "clip/dual": float(m["dual_clip_frac"]), "entropy/policy": float(algos.masked_mean(ent.detach(), maskd))}
+    reg_w = maskd.to(w.dtype) / max(1, n_tok) if reg_token_mean else w
     if a.kl_coef > 0:
         ref = batch.take(batch.ref_logp, rows).to(dev)
-        kl = algos.weighted_sum(algos.kl_estimate(logp, ref, a.kl_kind), w)
+        kl = algos.weighted_sum(algos.kl_estimate(logp, ref, a.kl_kind), reg_w)
         loss = loss + a.kl_coef * kl
         out["ref_kl"], out["loss/ref_kl"] = kl.item(), (a.kl_coef * kl).item()
     if a.entropy_coef > 0:
-        e = algos.weighted_sum(ent, w)
+        e = algos.weighted_sum(ent, reg_w)
         loss = loss - a.entropy_coef * e
         out["loss/entropy"] = (-a.entropy_coef * e).item()
     if a.papo.enabled:

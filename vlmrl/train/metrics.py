@@ -45,7 +45,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "clip/low", "clip/high", "clip/dual",
     "grad_norm", "lr",
     # sampling and rollouts
-    "zero_std_frac", "tool/call_rate", "tool/failure_rate", "visual_tokens_per_sample", "response_length",
+    "zero_std_frac", "sampling/tries", "sampling/short_groups", "tool/call_rate", "tool/failure_rate", "visual_tokens_per_sample", "response_length",
     "truncation_rate", "skipped_samples", "nonfinite_steps",
     # seconds per phase (Timer), max over processes
     "time/rollout", "time/reward", "time/old_logp", "time/masked_logp", "time/ref_logp", "time/update",

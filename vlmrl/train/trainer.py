@@ -36,6 +36,7 @@ import torch
 from vlmrl import algos
 from vlmrl.algos.table import check_algorithm
 from vlmrl.config import Config, save_config
+from vlmrl.data.images import resample_filter
 from vlmrl.models.codec import Seq
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
@@ -46,6 +47,7 @@ from vlmrl.train.batch import RolloutBatch, micro_batches
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
+from vlmrl.train.papo_views import masked_views, tile_size
 from vlmrl.train.rollout_metrics import rollout_metrics
 from vlmrl.train.schedule import make_scheduler
 from vlmrl.train.stream import PromptStream
@@ -102,6 +104,8 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.too_long = 0
+        self.sampling_stats = {}
+        self._group_images = {}
 
     # ------------------------------------------------------------------ rollout + rewards
 
@@ -122,20 +126,34 @@ class Trainer:
                 self.too_long += 1
         if not ok:
             return []
+        self._group_images.update({first_group_id + i: list(s.images) for i, s in enumerate(ok)})
         return self.engine.rollout(ok, self.samples_per_prompt(ok), generator=self.gen, prompts=prompts,
                                    first_group_id=first_group_id)
 
     def _score(self, trajs, groups: torch.Tensor):
-        r = self.cfg.reward
+        r, a, ro = self.cfg.reward, self.cfg.algo, self.cfg.rollout
         extra = {"theta": r.theta, "w_crop": r.w_crop, "w_area": r.w_area} if r.name == "dtpo" else {}
-        return score_trajectories(trajs, groups, r.name, r.format_weight, **extra)
+        total, parts = score_trajectories(trajs, groups, r.name, r.format_weight, r.format_style, r.area_from, **extra)
+        if a.overlong_buffer > 0:  # DAPO's soft overlong punishment, on the total (and DTPO's outcome reward)
+            max_len = ro.max_new_tokens * (ro.max_turns if ro.mode == "tool" else 1)
+            pen = algos.overlong_penalty(torch.tensor([t.num_response_tokens for t in trajs]), max_len,
+                                         a.overlong_buffer, a.overlong_penalty).tolist()
+            total = [x + p for x, p in zip(total, pen)]
+            if "outcome" in parts:
+                parts["outcome"] = [x + p for x, p in zip(parts["outcome"], pen)]
+            parts["overlong"] = pen
+        return total, parts
 
     def _keep_groups(self, total, parts, groups: torch.Tensor) -> list[bool]:
         """One flag per group (in group-id order): whether the filters keep it."""
         a = self.cfg.algo
         keep = torch.ones(len(torch.unique(groups)), dtype=torch.bool)
         if a.dynamic_sampling:
-            keep &= algos.dynamic_sampling_keep(torch.tensor(total), groups)
+            if a.filter_metric != "total" and a.filter_metric not in parts:
+                raise ValueError(f"algo.filter_metric={a.filter_metric!r} is not a reward part of reward.name="
+                                 f"{self.cfg.reward.name} (parts: total, {', '.join(sorted(parts))})")
+            values = total if a.filter_metric == "total" else parts[a.filter_metric]
+            keep &= algos.dynamic_sampling_keep(torch.tensor(values, dtype=torch.float32), groups)
         if a.acc_window:
             acc = torch.tensor(parts.get("accuracy", total))
             keep &= algos.accuracy_window_keep(acc, groups, a.acc_window[0], a.acc_window[1])
@@ -146,6 +164,7 @@ class Trainer:
         step's groups, resampling tries included, so `kept[g]` is group g's filter verdict."""
         a, B = self.cfg.algo, self.cfg.train.prompts_per_step
         trajs, total, parts, kept = [], [], {}, []
+        self._group_images = {}  # group id -> its sample's source images (PAPO's raw-order masking)
         filtering = a.dynamic_sampling or bool(a.acc_window)
         tries, zero_std, n_groups = 0, 0, 0
         while True:
@@ -165,6 +184,12 @@ class Trainer:
                 kept += k_new
             if sum(kept) >= B or not filtering or tries >= max(1, a.max_sampling_tries):
                 break
+        short = max(0, B - sum(kept)) if filtering else 0
+        self.sampling_stats = {"sampling/tries": tries, "sampling/short_groups": short}
+        if short:
+            warnings.warn(f"step {self.step_idx + 1}: only {sum(kept)} of {B} groups passed the group filters after "
+                          f"{tries} rollout rounds (algo.max_sampling_tries={a.max_sampling_tries}); training on a "
+                          f"short batch (logged as sampling/short_groups)", RuntimeWarning, stacklevel=2)
         return trajs, total, parts, kept, zero_std / max(1, n_groups)
 
     # ------------------------------------------------------------------ advantages
@@ -188,20 +213,17 @@ class Trainer:
     # ------------------------------------------------------------------ updates
 
     def _masked_vision(self, trajs):
-        """PAPO: one randomly patch-masked copy of every image, shared by the samples of a group (by group id)."""
+        """PAPO: one randomly patch-masked copy of every image, shared by the samples of a group (by group id), in
+        the recipe's mask order (vlmrl/train/papo_views.py), encoded for the vision tower."""
         p, pol = self.cfg.algo.papo, self.policy
-        cache = {}
-        out = []
-        for t in trajs:
-            vis = []
-            for j, im in enumerate(t.images):
-                key = (t.group_id, j) if im.kind == "input" else (id(t), j)
-                if key not in cache:
-                    masked = algos.random_patch_mask(im.image, p.patch_size, p.mask_prob, generator=self.mask_gen)
-                    cache[key] = pol.codec.encode_image(masked)
-                vis.append(cache[key])
-            out.append(vis)
-        return out
+        views = masked_views(trajs, self._group_images, p.mask_order, tile_size(p.patch_size, pol.family), p.mask_prob,
+                             self.mask_gen, self.engine.view, resample_filter(self.cfg.rollout.resample))
+        encoded = {}  # a group's shared views are encoded once
+        for row in views:
+            for v in row:
+                if id(v) not in encoded:
+                    encoded[id(v)] = pol.codec.encode_image(v)
+        return [[encoded[id(v)] for v in row] for row in views]
 
     def _loss_weights(self, batch: RolloutBatch, idx: list[int]) -> torch.Tensor:
         """The loss weights of a mini-batch's rows, [N, T] (0 outside `idx`): they sum its aggregated loss."""
@@ -266,7 +288,7 @@ class Trainer:
 
     def _micro_loss(self, batch: RolloutBatch, rows: list[int], w: torch.Tensor, n_tok: int, temp: float):
         return micro_batch_loss(self.policy, self.cfg.algo, self.algorithm.level, batch, rows, w, n_tok, temp,
-                                self.cfg.train.share_prompt)
+                                self.cfg.train.share_prompt, reg_token_mean=self.algorithm.reg_agg == "token-mean")
 
     # ------------------------------------------------------------------ one step
 
@@ -277,7 +299,7 @@ class Trainer:
         pol.model.eval()
         trajs, total, parts, kept, zero_std = self.collect()
         times["time/rollout"] = time.perf_counter() - t0
-        metrics = {"zero_std_frac": zero_std}
+        metrics = {"zero_std_frac": zero_std, **self.sampling_stats}
         if not trajs:
             return metrics | {"skipped_samples": len(self.stream.skipped), "prompts_too_long": self.too_long}, []
         unfinished = ("max_turns", "length") if a.mask_unfinished else ()

@@ -102,7 +102,8 @@ class ToolContext:
     the trajectory has seen so far (vlmrl.rollout.trajectory.TrajImage: kind, seen_size, original_size,
     box_seen, box_original, image; the prompt's views first, then what tools returned), the model's
     coordinate convention ("absolute", "rel1000", "rel1"), the image side factor (28 or 32), the pixel
-    budget for images the tool returns and the turn being answered."""
+    budget for images the tool returns, the turn being answered, the smallest crop side before expansion and the
+    resize filter (rollout.crop_min_box, rollout.resample)."""
 
     originals: Sequence[Any]
     seen: Sequence[Any]
@@ -111,6 +112,8 @@ class ToolContext:
     min_pixels: int = 256 * 28 * 28
     max_pixels: int = 1024 * 28 * 28
     turn: int = 0
+    min_box: float = 28.0  # crop boxes thinner than this (seen pixels) grow around their centre (0 = never)
+    resample: int = 3  # PIL filter for resizing returned images (3 = BICUBIC, 1 = LANCZOS)
 
 
 class Tool:

@@ -65,6 +65,7 @@ class MappedBox:
     convention: str
     clamped: bool = False
     expanded: bool = False
+    raw_seen_box: Box | None = None  # the box as written, in seen pixels (before clamping and expansion)
     ok: bool = field(default=True, init=False)
 
     @property
@@ -81,6 +82,15 @@ class MappedBox:
         x1, y1, x2, y2 = self.seen_box
         w, h = self.seen_size
         return (x2 - x1) * (y2 - y1) / (w * h)
+
+    @property
+    def raw_area_fraction(self) -> float:
+        """AdaptVision's area ratio (verl/utils/reward_score/general_qa_bbox.py:270-280 there): the box as written,
+        width and height each capped at the image's, over the seen image's area; no clamping to the image, no
+        expansion."""
+        x1, y1, x2, y2 = self.raw_seen_box if self.raw_seen_box is not None else self.seen_box
+        w, h = self.seen_size
+        return min(x2 - x1, w) * min(y2 - y1, h) / (w * h)
 
 
 def check_bbox(bbox: Any) -> Box | ToolCallError:
@@ -232,6 +242,7 @@ def map_box(
         convention=convention,
         clamped=clamped,
         expanded=ex or ey,
+        raw_seen_box=(x1, y1, x2, y2),
     )
 
 
@@ -259,15 +270,16 @@ def crop_image(
     factor: int = 28,
     min_pixels: int = CROP_MIN_PIXELS,
     max_pixels: int = CROP_MAX_PIXELS,
+    resample: int = Image.BICUBIC,
 ) -> Image.Image:
-    """Crop ``mapped.box`` from the original image and fit it (vlmrl.data.images.fit_to_budget: BICUBIC,
+    """Crop ``mapped.box`` from the original image and fit it (vlmrl.data.images.fit_to_budget: ``resample``,
     RGB, sides multiples of ``factor``) into [min_pixels, max_pixels]: a tiny crop is upscaled to at least
     ``min_pixels`` (default 256*28*28, about 448x448), a large one downscaled to at most ``max_pixels``."""
     if tuple(original.size) != tuple(mapped.original_size):
         raise ValueError(
             f"image size {original.size} differs from the size the box was mapped to {mapped.original_size}"
         )
-    return fit_to_budget(original.crop(mapped.box), factor, min_pixels, max_pixels)
+    return fit_to_budget(original.crop(mapped.box), factor, min_pixels, max_pixels, resample)
 
 
 def first_view(
@@ -276,8 +288,9 @@ def first_view(
     factor: int = 28,
     min_pixels: int = FIRST_VIEW_MIN_PIXELS,
     max_pixels: int = FIRST_VIEW_MAX_PIXELS,
+    resample: int = Image.BICUBIC,
 ) -> Image.Image:
-    """The low-resolution first view: each side times ``scale`` (BICUBIC), then fitted by fit_to_budget
+    """The low-resolution first view: each side times ``scale`` (``resample``), then fitted by fit_to_budget
     into [min_pixels, max_pixels] with sides multiples of ``factor`` (RGB). Its ``.size`` is the
     ``seen_size`` to pass to :func:`map_box`.
 
@@ -289,8 +302,8 @@ def first_view(
         w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
         # rounding must not push a thin image over smart_resize's aspect limit (5x999 -> 2x500)
         w, h = max(w, math.ceil(h / MAX_ASPECT_RATIO)), max(h, math.ceil(w / MAX_ASPECT_RATIO))
-        image = image.convert("RGB").resize((w, h), Image.BICUBIC)
-    return fit_to_budget(image, factor, min_pixels, max_pixels)
+        image = image.convert("RGB").resize((w, h), resample)
+    return fit_to_budget(image, factor, min_pixels, max_pixels, resample)
 
 
 # ----------------------------------------------------------------------------------------- the tool
@@ -331,14 +344,15 @@ class CropTool(Tool):
         """Map ``bbox`` (on ``view``, a TrajImage the model saw of ``original``) and crop the original: the
         observation, or the mapping's ToolCallError. ``record`` entries go first in the trace record."""
         region = getattr(view, "box_original", None)
-        mapped = map_box(bbox, view.seen_size, original.size, context.convention, region=region)
+        mapped = map_box(bbox, view.seen_size, original.size, context.convention, min_seen_size=context.min_box,
+                         region=region)
         if isinstance(mapped, ToolCallError):
             return ToolCallError(mapped.message, mapped.kind, record={**record, "bbox": list(bbox)})
-        image = crop_image(original, mapped, context.factor, context.min_pixels, context.max_pixels)
+        image = crop_image(original, mapped, context.factor, context.min_pixels, context.max_pixels, context.resample)
         box_seen, box_original = list(mapped.seen_box), list(mapped.box)
         return self.observation(ToolImage(image, source, box_seen, box_original),
                                 record={**record, "bbox": list(bbox), "box_seen": box_seen,
-                                        "box_original": box_original})
+                                        "box_original": box_original, "area_raw": mapped.raw_area_fraction})
 
     def run(self, args: Box, context: ToolContext):
         return self.crop(args, context.seen[0], context.originals[0], context)
