@@ -48,8 +48,12 @@ def get_reward(name: str) -> RewardFn:
 
 def call_reward(fn: RewardFn, response: str, sample: dict) -> tuple[float, dict[str, float]]:
     """Call a reward fn and normalise its result to (reward, parts); TypeError on a bad return."""
-    out = fn(response, sample)
-    name = getattr(fn, "__qualname__", repr(fn))
+    return reward_value(fn(response, sample), getattr(fn, "__qualname__", repr(fn)))
+
+
+def reward_value(out, name: str) -> tuple[float, dict[str, float]]:
+    """A reward fn's return value (a number, or a dict with "reward" and other numbers) as (reward, parts);
+    TypeError naming the function `name` on anything else."""
     if isinstance(out, dict):
         if "reward" not in out:
             raise TypeError(f"reward fn {name} returned a dict without the key 'reward': {sorted(out)}")
