@@ -55,7 +55,6 @@ def test_composed_recipe_trains_a_step_with_its_user_reward_file(tiny_dirs, data
     assert "reward_group_std" in {p.stem for p in res.paths}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "papo", "dtpo"])
 def test_normalize_then_sum_under_every_algorithm(algo, tiny_dirs, data, tmp_path, monkeypatch):
     """One step with groups of 2, 3 and 4 (the samples_per_prompt seam), two parts on very different scales
