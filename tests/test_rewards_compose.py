@@ -208,3 +208,25 @@ def test_composed_reward_metrics_shares_and_group_std():
     assert m["adv_share/tool"] == pytest.approx(0.09 / 1.09, abs=1e-4)
     assert cr.metrics({"accuracy": [1.0, 1.0], "format": [0.0, 0.0], "reward_errors": [0.0, 0.0]},
                       torch.tensor([0, 0]))["adv_share/accuracy"] is None  # no advantage: no share
+
+
+def test_readme_composed_reward_example_is_a_valid_recipe(tmp_path, monkeypatch):
+    """The README's composed-reward snippet loads (with a judge file where it names my_judge.py) and scores."""
+    import re
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "reward:" in b and "parts:" in b]
+    (tmp_path / "my_judge.py").write_text("async def judge(responses, samples):\n    return [0.5] * len(responses)\n")
+    monkeypatch.chdir(ROOT)
+    reward = yaml.safe_load(block.replace("my_judge.py", str(tmp_path / "my_judge.py")))["reward"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"reward": reward}))
+    cfg = load_config(recipe)
+    assert cfg.reward.aggregation == "normalize_then_sum" and len(cfg.reward.parts) == 4
+    trajs = batch()
+    total, parts = ComposedReward.from_config(cfg.reward).score(trajs, 3)
+    assert parts["judge"] == [0.5] * 6 and parts["reward_errors"] == [0.0] * 6
+    assert total == pytest.approx([a + 0.5 * f + 0.2 * p + 0.25 for a, f, p in
+                                   zip(parts["accuracy"], parts["format"], parts["length_penalty"])])
