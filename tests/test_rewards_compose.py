@@ -100,7 +100,10 @@ def _format(response, sample):
 
 def test_slow_batch_judge_times_out_and_is_counted(capsys):
     """A judge that takes 3 s with timeout_s 0.3: its trajectories get 0, counted in reward_errors and
-    reward_timeouts, a message names the part; the other parts are scored and the step does not wait for it."""
+    reward_timeouts, a message names the part; the other parts are scored and the step does not wait for it.
+
+    Reliability[faults]: a slow reward part (a batch judge, a per-sample or async fn) past its reward.parts timeout_s | its trajectories get reward 0, counted in reward_errors and reward_timeouts, a message names the part; the other parts are scored and training goes on
+    """
     def slow(responses, samples):
         time.sleep(3)
         return [1.0] * len(responses)
@@ -138,6 +141,7 @@ def test_slow_per_sample_and_async_calls_time_out_one_by_one(capsys):
 
 
 def test_failing_batch_fns_are_counted_not_fatal(capsys):
+    """Reliability[faults]: a batch reward fn that raises, returns the wrong number of values, or bad values (NaN, a string, a dict without "reward") | reward 0 for the rows concerned, counted in reward_errors; a message for a failed call"""
     trajs = batch()
 
     def boom(responses, samples):
