@@ -234,3 +234,20 @@ def test_readme_composed_reward_example_is_a_valid_recipe(tmp_path, monkeypatch)
     assert parts["judge"] == [0.5] * 6 and parts["reward_errors"] == [0.0] * 6
     assert total == pytest.approx([a + 0.5 * f + 0.2 * p + 0.25 for a, f, p in
                                    zip(parts["accuracy"], parts["format"], parts["length_penalty"])])
+
+
+def test_async_parts_work_inside_a_running_event_loop():
+    """A trainer stepped from a notebook runs inside an event loop: async parts get their own loop in a thread."""
+    async def judge(response, sample):
+        await asyncio.sleep(0)
+        return 1.0
+
+    async def batch_judge(responses, samples):
+        return [0.5] * len(responses)
+
+    async def inside():
+        return score_parts(batch(), 3, [Part("j", judge), Part("b", batch_judge, kind="batch")])
+
+    total, parts = asyncio.run(inside())
+    assert parts["j"] == [1.0] * 6 and parts["b"] == [0.5] * 6 and parts["reward_errors"] == [0.0] * 6
+    assert total == [1.5] * 6

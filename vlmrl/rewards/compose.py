@@ -26,9 +26,14 @@ timed out; training goes on. A timed-out call keeps running in its (daemon) thre
 The total reward is ``sum_k weight_k * part_k`` (what is logged as ``reward/mean``); how the parts become
 advantages is ``reward.aggregation`` (vlmrl.algos.compose). Each part's raw values are logged as
 ``reward/<label>/mean|std``, their within-group std as ``reward_group_std/<label>`` and their share of the
-advantage variance as ``adv_share/<label>``. DTPO: a part's ``role`` (outcome | tool) says which of DTPO's two
-rewards it adds to (R_oc = the weighted sum of the outcome parts, R_tool of the tool parts; each is normalised
-per group on its own, by the aggregation); other algorithms ignore roles and use the weighted sum of all parts.
+advantage variance as ``adv_share/<label>``.
+
+DTPO: a part's ``role`` (outcome | tool) says which of DTPO's two rewards it adds to: R_oc is the weighted sum
+of the outcome parts, R_tool of the tool parts. Under sum_then_normalize, A_oc = z(R_oc) and A_tool = z(R_tool)
+exactly as DTPO defines them; under normalize_then_sum, A_oc is the outcome parts' normalize_then_sum advantage
+and A_tool the tool parts' (each part z-scored in its group, weighted, summed, batch-normalised per role); the
+turns then mix them with algo.tool_weight as always. Other algorithms ignore roles and use all parts together.
+In a multi-process run the batch statistics of normalize_then_sum are each process's own rows.
 
 ``reward.name`` alone is the one-part case (`ComposedReward.from_config`): ``accuracy_format`` is the parts
 accuracy (weight 1) + format (weight ``reward.format_weight``), a user function is one part of weight 1, and
@@ -107,8 +112,8 @@ class RewardTimeout(Exception):
 
 
 def _in_thread(thunk: Callable[[], Any], timeout: float, what: str) -> Any:
-    """thunk() in a daemon worker thread, waiting at most `timeout` seconds (RewardTimeout); its exception,
-    if any, is raised here."""
+    """thunk() in a daemon worker thread, waiting at most `timeout` seconds (0: as long as it takes), else
+    RewardTimeout; its exception, if any, is raised here."""
     box: dict = {}
 
     def target():
@@ -119,7 +124,7 @@ def _in_thread(thunk: Callable[[], Any], timeout: float, what: str) -> Any:
 
     th = threading.Thread(target=target, name=f"vlmrl-reward-{what}", daemon=True)
     th.start()
-    th.join(timeout)
+    th.join(timeout if timeout > 0 else None)
     if th.is_alive():
         raise RewardTimeout(f"timed out after {timeout:g} s")
     if "error" in box:
@@ -151,8 +156,8 @@ def run_part(part: Part, responses: Sequence[str], samples: Sequence[dict]) -> l
         def call():
             out = part.fn(list(responses), list(samples), **part.args)
             return asyncio.run(out) if inspect.isawaitable(out) else out
-        try:
-            out = _in_thread(call, part.timeout_s, part.label) if part.timeout_s > 0 else call()
+        try:  # an async fn runs its own event loop in a worker thread (the caller may be inside one, e.g. Jupyter)
+            out = _in_thread(call, part.timeout_s, part.label) if part.timeout_s > 0 or is_async else call()
         except RewardTimeout as e:
             _say(part, f"{e} on a batch of {n} trajectories; their reward is 0, counted in reward_errors")
             return [(0.0, {}, False, True)] * n
@@ -181,10 +186,13 @@ def run_part(part: Part, responses: Sequence[str], samples: Sequence[dict]) -> l
             return await asyncio.gather(*(one(r, s) for r, s in zip(responses, samples)))
 
         try:
-            res = _in_thread(lambda: asyncio.run(every()), part.timeout_s + 1.0, part.label) \
-                if part.timeout_s > 0 else asyncio.run(every())
-        except RewardTimeout:
+            res = _in_thread(lambda: asyncio.run(every()), part.timeout_s + 1.0 if part.timeout_s > 0 else 0,
+                             part.label)
+        except RewardTimeout:  # a coroutine that blocks its event loop: wait_for cannot stop it
             res = [(0.0, {}, False, True)] * n
+        except Exception as e:  # noqa: BLE001
+            _say(part, f"the async calls failed with {e!r}; the {n} trajectories get reward 0, counted in reward_errors")
+            return [fail] * n
         late = sum(r[3] for r in res)
         if late:
             _say(part, f"{late} of {n} calls timed out after {part.timeout_s:g} s; their reward is 0, counted in "
@@ -195,7 +203,7 @@ def run_part(part: Part, responses: Sequence[str], samples: Sequence[dict]) -> l
     for response, sample in zip(responses, samples):
         try:
             if part.timeout_s > 0:
-                out = _in_thread(lambda: part.fn(response, sample, **part.args), part.timeout_s, part.label)
+                out = _in_thread(lambda r=response, s=sample: part.fn(r, s, **part.args), part.timeout_s, part.label)
             else:
                 out = part.fn(response, sample, **part.args)
         except RewardTimeout:
@@ -417,6 +425,8 @@ class ComposedReward:
         """``reward_group_std/<label>`` and ``adv_share/<label>`` per part. `tool_weight` (DTPO): the sequence
         advantage is A_oc + tool_weight * A_tool, each from its role's parts."""
         out: dict[str, float | None] = {}
+        if any(p.label not in parts for p in self.parts):  # a caller's own parts dict (e.g. a test's scorer)
+            return out
         cols, labels = [], []
         for role in (ROLES if tool_weight is not None else (None,)):
             mat, w, lab = self.columns(parts, role)
