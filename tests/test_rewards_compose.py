@@ -251,3 +251,18 @@ def test_async_parts_work_inside_a_running_event_loop():
     total, parts = asyncio.run(inside())
     assert parts["j"] == [1.0] * 6 and parts["b"] == [0.5] * 6 and parts["reward_errors"] == [0.0] * 6
     assert total == [1.5] * 6
+
+
+def test_reward_name_can_be_a_batch_fn(tmp_path):
+    """`reward.name: file.py:fn` naming a function marked with batch_reward is called once with the batch."""
+    user = tmp_path / "judge.py"
+    user.write_text("from vlmrl.rewards import batch_reward\n"
+                    "calls = []\n"
+                    "@batch_reward\n"
+                    "def judge(responses, samples):\n"
+                    "    calls.append(len(responses))\n"
+                    "    return [float(s['group_id']) for s in samples]\n")
+    trajs = batch()
+    total, parts = score_trajectories(trajs, [t.group_id for t in trajs], f"{user}:judge")
+    assert total == parts["judge"] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert ComposedReward.from_config(RewardConfig(name=f"{user}:judge")).score(trajs, 3)[0] == [0.0] * 3 + [1.0] * 3
