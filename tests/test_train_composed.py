@@ -38,21 +38,30 @@ def _base(tiny_dirs, data, out):
 def test_composed_recipe_trains_a_step_with_its_user_reward_file(tiny_dirs, data, tmp_path, monkeypatch):
     """recipes/composed.yaml as a user runs it from the repository root: its reward file is loaded, every part is
     logged (mean/std, group std, share of the advantage variance) and plotted."""
-    from vlmrl.plots import make_plots
+    from vlmrl.plots import PANELS, panel_series, read_metrics as plot_metrics
     from vlmrl.train.run import run_training
 
     monkeypatch.chdir(ROOT)
-    cfg = load_config(ROOT / "recipes" / "composed.yaml", _base(tiny_dirs, data, tmp_path / "run") + ["train.steps=1"])
+    # the recipe as shipped, but a length limit an untrained model's 8-token answers cross (so the step has a signal)
+    text = (ROOT / "recipes" / "composed.yaml").read_text()
+    assert "max_words: 24" in text
+    recipe = tmp_path / "composed.yaml"
+    recipe.write_text(text.replace("max_words: 24", "max_words: 1"))
+    cfg = load_config(recipe, _base(tiny_dirs, data, tmp_path / "run") + ["train.steps=1"])
     assert [p.name.rsplit(":", 1)[-1] for p in cfg.reward.parts] == ["accuracy", "format", "length_penalty"]
     out = run_training(cfg)
     (row,) = read_metrics(out / "metrics.jsonl")
     for label in ("accuracy", "format", "length_penalty"):
         assert f"reward/{label}/mean" in row and f"reward_group_std/{label}" in row and f"adv_share/{label}" in row
     assert row["reward/words/mean"] > 0 and row["reward/reward_errors/mean"] == 0.0
+    assert row["reward_group_std/length_penalty"] > 0 and row["adv_share/length_penalty"] == pytest.approx(1.0)
     traced = [json.loads(x) for x in (out / "traces" / "step-000001.jsonl").read_text().splitlines()]
     assert all("length_penalty" in t["rewards"] and "words" in t["rewards"] for t in traced)
-    res = make_plots(out, tmp_path / "plots")
-    assert "reward_group_std" in {p.stem for p in res.paths}
+    rows, _ = plot_metrics(out / "metrics.jsonl")  # what the plot panels draw (tests/test_plots.py draws them)
+    panels = {p.name: p for p in PANELS}
+    assert set(panel_series(panels["reward_share"], rows)) == {f"adv_share/{k}" for k in
+                                                               ("accuracy", "format", "length_penalty")}
+    assert len(panel_series(panels["reward_group_std"], rows)) == 3
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "papo", "dtpo"])
