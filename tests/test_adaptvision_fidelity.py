@@ -101,7 +101,9 @@ def test_dtpo_recipe_follows_adaptvision():
     expansion, LANCZOS; clip 0.2/0.24, entropy 0.001, tool_weight (lambda) 0.3, alpha 0.5 (run_adaptvision.sh)."""
     cfg = load_config("recipes/dtpo.yaml")
     r, a, ro = cfg.reward, cfg.algo, cfg.rollout
-    assert (a.dynamic_sampling, a.filter_metric, r.format_style, r.area_from) == (True, "total", "official", "raw")
+    assert (a.dynamic_sampling, a.filter_metric, r.area_from) == (True, "total", "raw")
+    # its rewards are written as parts (vlmrl.rewards.compose): the format part is the official regex
+    assert [(p.name, p.weight) for p in r.parts] == [("dtpo_accuracy", 1.0), ("format_official", 0.5), ("dtpo_tool", 1.0)]
     assert (ro.first_view_min_pixels, ro.first_view_max_pixels) == (4 * 28 * 28, 2048 * 2048)
     assert (ro.crop_min_pixels, ro.crop_max_pixels, ro.crop_min_box, ro.resample) == (
         4 * 28 * 28, 3840 * 3840, 0, "lanczos")

@@ -32,6 +32,7 @@ def _rows(n=12, papo=False):
             r["ref_kl"] = 0.001 * s
             r.update({"adv/mean": 0.0, "adv/std": 1.0, "adv/min": -1.5, "adv/max": 1.5, "zero_std_frac": 0.25,
                       "lr": 1e-6, "time/step": 2.0, "reward/format/mean": 0.9, "reward/format/std": 0.1,
+                      "adv_share/accuracy": 0.8, "adv_share/format": 0.2, "reward_group_std/format": 0.3,
                       "nonfinite": ["grad_norm"]})
         if s == 5:
             r["accuracy"] = float("nan")  # json writes NaN: must not break the plot
@@ -57,11 +58,13 @@ def test_plot_run_panels_and_skips(tmp_path, capsys):
     for p in paths:
         _check_png(p)
     res = make_plots(run, tmp_path / "other")
-    assert set(res.skipped) == {"ref_kl", "perception_kl", "advantage", "rollout", "lr", "time"} and res.notes == []
+    assert set(res.skipped) == {"reward_share", "reward_group_std", "ref_kl", "perception_kl", "advantage", "rollout",
+                                "lr", "time"} and res.notes == []
     # the CLI says what it skipped
     assert main(["plot", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "skipped (metrics all missing): ref_kl, perception_kl, advantage, rollout, lr, time" in out
+    assert ("skipped (metrics all missing): reward_share, reward_group_std, ref_kl, perception_kl, advantage, "
+            "rollout, lr, time") in out
     assert "overview.png" in out
 
 

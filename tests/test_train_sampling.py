@@ -13,6 +13,7 @@ import torch
 
 from vlmrl import algos
 from vlmrl.config import AlgoConfig, ConfigError, load_config
+from vlmrl.rewards.compose import ComposedReward
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.trainer import Trainer
 
@@ -24,7 +25,8 @@ TOTAL = [1.5, 1.0, 0.5, 1.5, 0.0, 0.0]
 
 def keep(overrides):
     cfg = load_config(None, ["algo.dynamic_sampling=true", *overrides])
-    return Trainer._keep_groups(SimpleNamespace(cfg=cfg), TOTAL, {"accuracy": ACC}, GROUPS)
+    rewards = ComposedReward.from_config(cfg.reward, cfg.algo.name)
+    return Trainer._keep_groups(SimpleNamespace(cfg=cfg, rewards=rewards), TOTAL, {"accuracy": ACC}, GROUPS)
 
 
 def test_dynamic_sampling_metric_accuracy_for_dapo_total_otherwise():
@@ -44,6 +46,7 @@ class Scripted(Trainer):
 
     def __init__(self, cfg, good_per_round):
         self.cfg, self.step_idx, self.sampling_stats, self._group_images = cfg, 0, {}, {}
+        self.rewards = ComposedReward.from_config(cfg.reward, cfg.algo.name)
         self.good = list(good_per_round)
 
     def _rollout(self, n, first_group_id):

@@ -133,9 +133,9 @@ The rules behind the rows:
 - **The pixel cap is `data.max_image_pixels`** (recipes; default 50 MP) or `max_pixels` /
   `max_image_pixels` in the Python API (default 100 MP). It is checked on the header size, before
   decoding, and replaces PIL's own fixed limit while it is set.
-- **A reward function may fail.** A user reward fn (`reward.name: file.py:fn`) that raises or returns
-  NaN/inf gives that trajectory reward 0; the failures are counted per trajectory in the traces and as
-  `reward/reward_errors/mean` in `metrics.jsonl`. A finite reward too large for float32 (above ~3.4e38)
+- **A reward function may fail.** A user reward fn (`reward.name: file.py:fn`, or a part of `reward.parts`)
+  that raises, returns NaN/inf or runs past its part's `timeout_s` gives that trajectory reward 0; the failures
+  are counted per trajectory in the traces and as `reward/reward_errors/mean` in `metrics.jsonl`. A finite reward too large for float32 (above ~3.4e38)
   is not caught there: it turns the group's advantages into NaN, and the NaN guard below handles it.
 - **NaN/inf in the loss or the gradient norm** skip that optimizer step (the weights do not move) and
   are counted in `nonfinite_steps`; `train.max_nonfinite_steps` such steps in a row (default 3) stop the

@@ -168,6 +168,19 @@ class AlgoConfig:
 
 
 @dataclass
+class RewardPart:
+    """One reward part of ``reward.parts`` (vlmrl/rewards/compose.py documents the contract)."""
+
+    name: str = ""  # accuracy | format | dtpo_accuracy | dtpo_tool | a registered name | module:fn | file.py:fn
+    weight: float = 1.0
+    kind: str = ""  # per_sample: fn(response, sample) | batch: fn(responses, samples) -> list ("" = the fn's own, else per_sample)
+    timeout_s: float = 0.0  # > 0: a call that takes longer gives reward 0, counted in reward_errors (0 = no limit)
+    role: str = "outcome"  # DTPO only: outcome (adds to R_oc) | tool (adds to R_tool)
+    label: str = ""  # its name in metrics (reward/<label>/mean); "" = the function's name
+    args: dict = field(default_factory=dict)  # keyword arguments passed to the function
+
+
+@dataclass
 class RewardConfig:
     name: str = "accuracy_format"  # accuracy_format | dtpo | a registered name | module:fn | file.py:fn
     format_weight: float = 0.5  # total = accuracy + format_weight * format (accuracy_format; DTPO's w_fmt)
@@ -178,12 +191,26 @@ class RewardConfig:
     theta: float = 0.2  # DTPO balance rule
     w_crop: float = 0.1
     w_area: float = 0.2
+    parts: list[RewardPart] = field(default_factory=list)  # several weighted rewards; replaces `name` when given
+    aggregation: str = "sum_then_normalize"  # | normalize_then_sum: z-score each part per group, then weight and sum
 
     def __post_init__(self):
+        from vlmrl.rewards.compose import check_reward_config  # here: the rewards import this module's neighbours
+
         if self.format_style not in ("strict", "official"):
             raise ConfigError(f"reward.format_style must be 'strict' or 'official', got {self.format_style!r}")
         if self.area_from not in ("crop", "raw"):
             raise ConfigError(f"reward.area_from must be 'crop' or 'raw', got {self.area_from!r}")
+
+        try:  # an unknown part or a broken user file is refused when the recipe loads, not at the first step
+            check_reward_config(self)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @property
+    def kind(self) -> str:
+        """What the algorithm table checks: "parts" when reward.parts is given, else reward.name."""
+        return "parts" if self.parts else self.name
 
 
 @dataclass
@@ -380,7 +407,7 @@ def check_algorithm_fits(cfg: Config) -> None:
     from vlmrl.algos.table import check_algorithm
 
     try:
-        check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
+        check_algorithm(cfg.algo.name, cfg.reward.kind, cfg.rollout.mode, cfg.algo.loss_agg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ro = cfg.rollout
@@ -388,6 +415,10 @@ def check_algorithm_fits(cfg: Config) -> None:
     if cfg.algo.overlong_buffer > max_len:
         raise ConfigError(f"algo.overlong_buffer ({cfg.algo.overlong_buffer}) must be at most the response length cap "
                           f"({max_len}: rollout.max_new_tokens" + (" x rollout.max_turns)" if ro.mode == "tool" else ")"))
+    if cfg.algo.overlong_buffer > 0 and cfg.reward.aggregation == "normalize_then_sum":
+        raise ConfigError("algo.overlong_buffer adds DAPO's overlong punishment to the summed reward; with "
+                          "reward.aggregation=normalize_then_sum the advantages come from the parts alone, so it "
+                          "would be ignored: use sum_then_normalize, or write the length penalty as a reward part")
 
 
 def to_dict(cfg: Any) -> dict:

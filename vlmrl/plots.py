@@ -1,6 +1,7 @@
 """`vlmrl plot RUN_DIR`: training curves from RUN_DIR/metrics.jsonl as PNG files in RUN_DIR/plots/.
 
-One PNG per panel (`reward.png` with per-part rewards and a +-std band, `accuracy.png`, `tool.png`,
+One PNG per panel (`reward.png` with per-part rewards and a +-std band, `reward_share.png` (each reward part's
+share of the advantage variance), `reward_group_std.png`, `accuracy.png`, `tool.png`,
 `visual_tokens.png`, `ref_kl.png`, `perception_kl.png`, `entropy.png`, `clip.png`, `advantage.png`,
 `loss.png`, `grad_norm.png`, `response_length.png`, `rollout.png` (zero-std groups, truncation), `lr.png`,
 `time.png`) and `overview.png` with every non-empty panel. A panel whose metrics are all missing (absent, null or NaN)
@@ -32,6 +33,9 @@ class Panel:
 # `X/mean` with a matching `X/std` is drawn with a +-1 std band (reward/mean, reward/<part>/mean, adv/mean).
 PANELS = (
     Panel("reward", "reward", ("reward/mean",), ("reward/",)),
+    # composed rewards (vlmrl/rewards/compose.py): each part's share of the advantage variance, its group std
+    Panel("reward_share", "share of the advantage variance by reward part", (), ("adv_share/",), ylabel="fraction"),
+    Panel("reward_group_std", "within-group std by reward part", (), ("reward_group_std/",)),
     Panel("accuracy", "accuracy", ("accuracy",), ("accuracy/",), ylabel="fraction"),
     Panel("tool", "tool calls", ("tool/call_rate", "tool/failure_rate"), ("tool/",), ylabel="fraction"),
     Panel("visual_tokens", "visual tokens per sample", ("visual_tokens_per_sample",), ("visual_tokens/",)),

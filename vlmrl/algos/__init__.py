@@ -1,7 +1,15 @@
 """Pure tensor functions for RL: advantages, policy losses, KL estimators, PAPO terms, group filters, and the
 algorithm table (vlmrl.algos.table) that says which of them each `algo.name` uses."""
 
-from vlmrl.algos.advantages import dtpo_advantages, final_turn_mask, grpo_advantages, last_turn_ids
+from vlmrl.algos.advantages import dtpo_advantages, dtpo_mix, final_turn_mask, grpo_advantages, last_turn_ids
+from vlmrl.algos.compose import (
+    AGGREGATIONS,
+    composed_advantages,
+    part_contributions,
+    part_group_std,
+    signal_group_std,
+    variance_shares,
+)
 from vlmrl.algos.filters import (
     accuracy_window_keep,
     dynamic_sampling_keep,
@@ -27,6 +35,13 @@ from vlmrl.algos.shaping import overlong_penalty
 from vlmrl.algos.table import ALGORITHMS, Algorithm, check_algorithm
 
 __all__ = [
+    "AGGREGATIONS",
+    "composed_advantages",
+    "dtpo_mix",
+    "part_contributions",
+    "part_group_std",
+    "signal_group_std",
+    "variance_shares",
     "ALGORITHMS",
     "Algorithm",
     "check_algorithm",

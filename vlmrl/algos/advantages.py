@@ -64,6 +64,14 @@ def dtpo_advantages(
     """
     a_oc = grpo_advantages(outcome_rewards, groups, "group", eps)
     a_tool = grpo_advantages(tool_rewards, groups, "group", eps)
+    return dtpo_mix(a_oc, a_tool, turn_ids, response_mask, tool_weight, tool_call_turns)
+
+
+def dtpo_mix(a_oc: torch.Tensor, a_tool: torch.Tensor, turn_ids: torch.Tensor, response_mask: torch.Tensor,
+             tool_weight: float = 0.3, tool_call_turns: torch.Tensor | None = None) -> torch.Tensor:
+    """DTPO's per-token mix [B,T] of per-sequence outcome and tool advantages [B] (however they were computed,
+    e.g. from composed reward parts): the turns of `dtpo_advantages` get ``a_oc + tool_weight * a_tool``, the
+    other assistant turns ``a_oc``, non-policy tokens 0."""
     resp = response_mask.bool()
     not_final = turn_ids < last_turn_ids(turn_ids, response_mask).unsqueeze(1)
     if tool_call_turns is None:

@@ -51,8 +51,9 @@ def check_algorithm(name: str, reward: str, mode: str, loss_agg: str = "") -> Al
     if name not in ALGORITHMS:
         raise ValueError(f"algo.name must be one of {', '.join(ALGORITHMS)}, got {name!r}")
     algo = ALGORITHMS[name]
-    if algo.reward is not None and reward != algo.reward:
-        raise ValueError(f"algo.name={name} needs reward.name={algo.reward}, got reward.name={reward} ({algo.why})")
+    if algo.reward is not None and reward not in (algo.reward, "parts"):  # "parts": reward.parts (roles)
+        raise ValueError(f"algo.name={name} needs reward.name={algo.reward}, got reward.name={reward} ({algo.why}; "
+                         "or give reward.parts with outcome and tool roles)")
     if algo.mode is not None and mode != algo.mode:
         raise ValueError(f"algo.name={name} needs rollout.mode={algo.mode}, got rollout.mode={mode} ({algo.why})")
     if loss_agg and loss_agg not in LOSS_AGGS:

@@ -1,4 +1,5 @@
-"""Rewards: answer extraction, accuracy by answer type, format, DTPO outcome/tool rewards, registry."""
+"""Rewards: answer extraction, accuracy by answer type, format, DTPO outcome/tool rewards, registry, and composed
+rewards (several weighted parts, batch and async reward functions with timeouts: vlmrl.rewards.compose)."""
 
 from vlmrl.rewards.accuracy import (
     ANSWER_TYPES,
@@ -35,9 +36,15 @@ from vlmrl.rewards.registry import (
     load_reward_fn,
     register_reward,
 )
+from vlmrl.rewards.compose import ComposedReward, batch_reward, dtpo_accuracy, dtpo_tool, score_parts
 
 __all__ = [
     "ANSWER_TYPES",
+    "ComposedReward",
+    "batch_reward",
+    "dtpo_accuracy",
+    "dtpo_tool",
+    "score_parts",
     "RewardFn",
     "accuracy_reward",
     "available_rewards",

@@ -5,10 +5,13 @@ A per-trajectory reward function has the signature ``fn(response: str, sample: d
 - ``response``: the final assistant turn's text (in tool mode too; earlier turns are in ``turns``);
 - ``sample``: ``answer``, ``answer_type`` ("choice" | "number" | "word" | "math"), ``choices``
   (optional list), ``meta`` (dict, e.g. gt_boxes), ``turns`` (list of all assistant turn texts) and
-  ``tool_calls`` (int, how many tool calls the trajectory made);
+  ``tool_calls`` (int, how many tool calls the trajectory made), ``crops`` (the valid crop boxes, original
+  pixels), ``image_size`` ((W, H) of the first image's original) and ``group_id`` (which rows share a prompt);
 - a dict return must hold the key "reward"; its other numeric entries are logged as parts.
 
 ``get_reward`` takes a registered name, ``package.module:function`` or ``path/to/file.py:function``.
+Several rewards with weights, batch signatures ``fn(responses, samples) -> list``, async functions and timeouts:
+vlmrl/rewards/compose.py (a recipe's ``reward.parts``).
 """
 
 from __future__ import annotations
@@ -48,8 +51,12 @@ def get_reward(name: str) -> RewardFn:
 
 def call_reward(fn: RewardFn, response: str, sample: dict) -> tuple[float, dict[str, float]]:
     """Call a reward fn and normalise its result to (reward, parts); TypeError on a bad return."""
-    out = fn(response, sample)
-    name = getattr(fn, "__qualname__", repr(fn))
+    return reward_value(fn(response, sample), getattr(fn, "__qualname__", repr(fn)))
+
+
+def reward_value(out, name: str) -> tuple[float, dict[str, float]]:
+    """A reward fn's return value (a number, or a dict with "reward" and other numbers) as (reward, parts);
+    TypeError naming the function `name` on anything else."""
     if isinstance(out, dict):
         if "reward" not in out:
             raise TypeError(f"reward fn {name} returned a dict without the key 'reward': {sorted(out)}")

@@ -41,7 +41,7 @@ from vlmrl.models.codec import Seq
 from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Sampler
-from vlmrl.rewards.trajectories import score_trajectories
+from vlmrl.rewards.compose import ComposedReward
 from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
 from vlmrl.train.batch import RolloutBatch, micro_batches
 from vlmrl.train.loss import micro_batch_loss
@@ -65,7 +65,8 @@ class Trainer:
         t = cfg.train
         if t.prompts_per_step < 1 or cfg.rollout.group_size < 1:
             raise ValueError("train.prompts_per_step and rollout.group_size must be >= 1")
-        self.algorithm = check_algorithm(cfg.algo.name, cfg.reward.name, cfg.rollout.mode, cfg.algo.loss_agg)
+        self.algorithm = check_algorithm(cfg.algo.name, cfg.reward.kind, cfg.rollout.mode, cfg.algo.loss_agg)
+        self.rewards = ComposedReward.from_config(cfg.reward, cfg.algo.name)  # the recipe's reward (parts, aggregation)
         win = cfg.algo.acc_window
         if win is not None and (len(win) != 2 or not 0 <= win[0] < win[1] <= 1):
             raise ValueError(f"algo.acc_window must be [low, high] with 0 <= low < high <= 1, got {win!r}")
@@ -131,9 +132,8 @@ class Trainer:
                                    first_group_id=first_group_id)
 
     def _score(self, trajs, groups: torch.Tensor):
-        r, a, ro = self.cfg.reward, self.cfg.algo, self.cfg.rollout
-        extra = {"theta": r.theta, "w_crop": r.w_crop, "w_area": r.w_area} if r.name == "dtpo" else {}
-        total, parts = score_trajectories(trajs, groups, r.name, r.format_weight, r.format_style, r.area_from, **extra)
+        a, ro = self.cfg.algo, self.cfg.rollout
+        total, parts = self.rewards.score(trajs, groups)
         if a.overlong_buffer > 0:  # DAPO's soft overlong punishment, on the total (and DTPO's outcome reward)
             max_len = ro.max_new_tokens * (ro.max_turns if ro.mode == "tool" else 1)
             pen = algos.overlong_penalty(torch.tensor([t.num_response_tokens for t in trajs]), max_len,
@@ -148,12 +148,13 @@ class Trainer:
         """One flag per group (in group-id order): whether the filters keep it."""
         a = self.cfg.algo
         keep = torch.ones(len(torch.unique(groups)), dtype=torch.bool)
-        if a.dynamic_sampling:
-            if a.filter_metric != "total" and a.filter_metric not in parts:
-                raise ValueError(f"algo.filter_metric={a.filter_metric!r} is not a reward part of reward.name="
-                                 f"{self.cfg.reward.name} (parts: total, {', '.join(sorted(parts))})")
-            values = total if a.filter_metric == "total" else parts[a.filter_metric]
-            keep &= algos.dynamic_sampling_keep(torch.tensor(values, dtype=torch.float32), groups)
+        if a.dynamic_sampling and a.filter_metric == "total":  # the total's spread, or any part's (normalize_then_sum)
+            keep &= self.rewards.signal_std(total, parts, groups) >= 1e-4
+        elif a.dynamic_sampling:
+            if a.filter_metric not in parts:
+                raise ValueError(f"algo.filter_metric={a.filter_metric!r} is not a reward part of this recipe "
+                                 f"(parts: total, {', '.join(sorted(parts))})")
+            keep &= algos.dynamic_sampling_keep(torch.tensor(parts[a.filter_metric], dtype=torch.float32), groups)
         if a.acc_window:
             acc = torch.tensor(parts.get("accuracy", total))
             keep &= algos.accuracy_window_keep(acc, groups, a.acc_window[0], a.acc_window[1])
@@ -175,7 +176,7 @@ class Trainer:
                 groups = torch.tensor([t.group_id for t in new])
                 t_new, p_new = self._score(new, groups)
                 k_new = self._keep_groups(t_new, p_new, groups) if filtering else [True] * len(torch.unique(groups))
-                zero_std += int((algos.group_std(torch.tensor(t_new), groups) < 1e-4).sum())
+                zero_std += int((self.rewards.signal_std(t_new, p_new, groups) < 1e-4).sum())
                 n_groups += len(k_new)
                 trajs += new
                 total += t_new
@@ -203,12 +204,31 @@ class Trainer:
             for i, t in enumerate(trajs):
                 for c in t.tool_calls:
                     tool_turns[i, c.turn] = True
+            if self.rewards.aggregation == "normalize_then_sum":  # A_oc, A_tool from their role's parts
+                a_oc, a_tool = (self.rewards.advantages(parts, batch.group_ids, rows=self._train_rows(batch), role=r)
+                                for r in ("outcome", "tool"))
+                return algos.dtpo_mix(a_oc, a_tool, batch.turn_ids, batch.response_mask, a.tool_weight, tool_turns)
             return algos.dtpo_advantages(torch.tensor(parts["outcome"]), torch.tensor(parts["tool"]), batch.turn_ids,
                                          batch.response_mask, batch.group_ids, tool_weight=a.tool_weight,
                                          tool_call_turns=tool_turns)
         scale = "none" if self.algorithm.advantage == "centered" else "group"
-        seq_adv = algos.grpo_advantages(torch.tensor(total), batch.group_ids, scale=scale)
+        if self.rewards.aggregation == "normalize_then_sum":
+            seq_adv = self.rewards.advantages(parts, batch.group_ids, scale, rows=self._train_rows(batch))
+        else:
+            seq_adv = algos.grpo_advantages(torch.tensor(total), batch.group_ids, scale=scale)
         return seq_adv.unsqueeze(1) * batch.response_mask
+
+    @staticmethod
+    def _train_rows(batch: RolloutBatch) -> torch.Tensor:
+        """[N] bool: the rows that count in the loss (their advantages' batch statistics, the variance shares)."""
+        return batch.loss_mask.bool().any(dim=1)
+
+    def _reward_metrics(self, batch: RolloutBatch, parts) -> dict:
+        """Per reward part: its within-group std and its share of the advantage variance (vlmrl.rewards.compose)."""
+        dtpo = self.algorithm.advantage == "dtpo"
+        scale = "none" if self.algorithm.advantage == "centered" else "group"
+        return self.rewards.metrics(parts, batch.group_ids, scale, self._train_rows(batch),
+                                    self.cfg.algo.tool_weight if dtpo else None)
 
     # ------------------------------------------------------------------ updates
 
@@ -336,6 +356,7 @@ class Trainer:
             self.scheduler.step()
         metrics.update(upd)
         metrics.update(rollout_metrics(trajs, total, parts, batch, kept))
+        metrics.update(self._reward_metrics(batch, parts))
         metrics.update(times)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["lr"] = self.scheduler.get_last_lr()[0]
