@@ -277,7 +277,7 @@ def test_reward_name_can_be_a_batch_fn(tmp_path):
 def test_overlong_punishment_needs_the_summed_reward():
     """DAPO's overlong punishment is added to the total; normalize_then_sum builds advantages from the parts alone,
     so the pair is refused when the recipe loads instead of silently dropping the penalty."""
-    with pytest.raises(ConfigError, match="overlong_buffer .* normalize_then_sum"):
+    with pytest.raises(ConfigError, match="overlong_buffer .*normalize_then_sum"):
         load_config(None, ["algo.overlong_buffer=16", "reward.aggregation=normalize_then_sum",
                            "reward.parts=[{name: accuracy}, {name: format, weight: 0.5}]"])
     assert load_config(None, ["algo.overlong_buffer=16"]).algo.overlong_buffer == 16
