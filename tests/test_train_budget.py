@@ -172,3 +172,66 @@ def test_knapsack_success_rates_survive_resume(tiny_dirs, tmp_path, monkeypatch)
     state = [json.loads((d / "checkpoints" / "step-000003" / "trainer_state.json").read_text())["budget"]
              for d in (full, part)]
     assert state[0] == state[1] and len(state[0]["prompts"]) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_success_rate_history(tiny_dirs, tmp_path):
+    """DDP: each process allocates among its own prompts, and every process adds all processes' results, so the
+    histories (and the checkpoint's) are identical and cover the prompts both ranks saw."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from vlmrl.data.synthetic import make_zoom_dataset
+
+    make_zoom_dataset(tmp_path / "data", n=4, n_test=0, seed=0)
+    reward = tmp_path / "r.py"
+    reward.write_text("def by_answer(response, sample):\n    a = float(sample['answer'] == '2')\n"
+                      "    return {'reward': a + 0.01 * len(response), 'accuracy': a}\n")
+    args = [f"model.path={tiny_dirs['qwen2_5_vl']}", f"data.train={tmp_path / 'data' / 'train.jsonl'}", "data.eval=",
+            f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "train.prompts_per_step=1",
+            "rollout.group_size=4", "rollout.max_new_tokens=4", "train.plot=false", "train.eval_every=0",
+            "model.dtype=float32", "model.device=cpu", f"reward.name={reward}:by_answer", "algo.budget=knapsack",
+            "algo.knapsack.min_seen=4", "algo.knapsack.n_up=6", "train.lr=1e-3"]
+    script = tmp_path / "ddp.py"
+    script.write_text(f"""
+import gc, json, os
+import torch.distributed as dist
+from accelerate import Accelerator
+from vlmrl.config import load_config
+from vlmrl.train import run as run_mod
+from vlmrl.train.trainer import Trainer
+acc = Accelerator(cpu=True)
+captured = {{}}
+orig = Trainer.__init__
+def init(self, *a, **k):
+    orig(self, *a, **k)
+    captured['t'] = self
+Trainer.__init__ = init
+run_mod.run_training(load_config({str(ROOT / 'recipes' / 'grpo.yaml')!r}, {args!r}), acc)
+print("STATE", acc.process_index, json.dumps(captured['t'].budget.state_dict(), sort_keys=True), flush=True)
+dist.barrier()
+del captured
+gc.collect()
+dist.destroy_process_group()
+os._exit(0)
+""")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, VLMRL_NO_PROGRESS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(port), str(script)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    states = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("STATE "))
+    assert set(states) == {"0", "1"} and states["0"] == states["1"]
+    prompts = json.loads(states["0"])["prompts"]
+    # 3 steps x 2 processes x 1 prompt: the 4 rows once each, then 2 again (the second epoch), 4 rollouts or
+    # Knapsack's share each time
+    assert len(prompts) == 4 and sum(p["count"] for p in prompts.values()) == 24
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    assert json.dumps(saved["budget"], sort_keys=True) == states["0"]
