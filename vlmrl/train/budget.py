@@ -3,15 +3,17 @@
 Knapsack RL (vlmrl/algos/knapsack.py has the rule and its sources): a step's B prompts share B x group_size
 rollouts (the uniform total, so runs compare at the same cost) by each prompt's success rate, the mean accuracy of
 its recent rollouts (the `accuracy` reward part, which every reward scheme logs: GRPO, DAPO, PAPO and DTPO alike).
-A prompt seen fewer than `algo.knapsack.min_seen` times gets group_size rollouts. The history is kept per sample id
-(`Sample.id`), updated once per step with every rollout of the step (resampling tries and filtered groups too),
+A prompt with fewer than `algo.knapsack.min_seen` rollouts so far gets group_size rollouts. The history is kept per
+sample id (`Sample.id`), updated once per step with every rollout of the step (resampling tries and filtered groups),
 saved in checkpoints (trainer_state.json, key "budget") and restored on resume, so a resumed run allocates as if
 never stopped. Under DDP every process adds all processes' results, so the histories stay identical.
 
-Logged per step (`budget_metrics`): budget/mean, budget/std, budget/rollouts_min, budget/rollouts_max (rollouts per
-prompt), budget/known_frac (prompts with a success rate), budget/fallback (the excess-budget fallback ran),
-groups/nonzero_std (fraction of the step's groups whose total reward varies: the groups with a gradient) and
-groups/nonzero_std_samples (fraction of trajectories in such groups: the paper's "effective gradient ratio").
+Logged per step (`budget_metrics`, `Budget.pop_step`): budget/mean, budget/std, budget/rollouts_min,
+budget/rollouts_max (rollouts per prompt), budget/known_frac (prompts with a success rate), budget/fallback (the
+excess-budget fallback ran; these two are null with uniform budgets), groups/nonzero_std (fraction of the step's
+groups whose total reward varies: the groups with a gradient) and groups/nonzero_std_samples (fraction of
+trajectories in such groups: the paper's "effective gradient ratio", KnapsackRL's
+verl/trainer/ppo/metric_utils.py:523-530).
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ class Budget:
         self.tracker.observe([k for k, _ in pairs], [v for _, v in pairs])
 
     def pop_step(self) -> dict:
-        """This step's budget flags (and start the next step afresh)."""
-        out = {"budget/known_frac": sum(self.known) / len(self.known) if self.known else 0.0,
-               "budget/fallback": float(self.fallback)}
+        """This step's budget flags (and start the next step afresh); None (logged as null) for uniform budgets."""
+        out = {"budget/known_frac": None, "budget/fallback": None}
+        if self.tracker is not None:
+            out = {"budget/known_frac": sum(self.known) / len(self.known) if self.known else 0.0,
+                   "budget/fallback": float(self.fallback)}
         self.known, self.fallback = [], False
         return out
 
