@@ -125,7 +125,7 @@ class KnapsackConfig:
     window: int = 16  # the success rate is the mean of the prompt's last `window` results (or of its last
     #                   step's, when that step had at least `window`)
     alpha: float = 0.9  # confidence of the cost estimate that decides the excess-budget fallback
-    fallback: bool = True  # move the budget prompts with 0 < p < 1 do not need to all-failed prompts
+    fallback: bool = True  # budget the 0 < p < 1 prompts do not need (by cost) goes to all-failed prompts
 
     def __post_init__(self):
         for name in ("n_low", "n_up", "min_seen", "window", "n_zero", "n_one"):
