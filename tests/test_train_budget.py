@@ -235,3 +235,27 @@ os._exit(0)
     assert len(prompts) == 4 and sum(p["count"] for p in prompts.values()) == 24
     saved = json.loads((tmp_path / "run" / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
     assert json.dumps(saved["budget"], sort_keys=True) == states["0"]
+
+
+@pytest.mark.slow
+def test_budget_bench_runs_end_to_end(tiny_dirs, tmp_path, capsys):
+    """tools/bench/budget.py at its smallest: both budgets, one seed, the steps after the first pass summarised."""
+    import importlib.util
+    import json
+
+    from vlmrl.data.synthetic import make_zoom_dataset
+
+    spec = importlib.util.spec_from_file_location("bench_budget", ROOT / "tools" / "bench" / "budget.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    make_zoom_dataset(tmp_path / "data", n=4, n_test=0, seed=0)
+    assert bench.main(["--out", str(tmp_path / "out"), "--model", str(tiny_dirs["qwen2_5_vl"]), "--data",
+                       str(tmp_path / "data" / "train.jsonl"), "--steps", "2", "--seeds", "0",
+                       "train.prompts_per_step=4", "rollout.group_size=2", "rollout.max_new_tokens=4",
+                       "algo.knapsack.min_seen=2"]) == 0
+    res = json.loads((tmp_path / "out" / "budget.json").read_text())
+    assert set(res["runs"]) == {"uniform-0", "knapsack-0"} and res["settings"]["first_pass_steps"] == 1
+    steps = res["runs"]["knapsack-0"]["steps"]
+    assert len(steps) == 2 and steps[0]["rollouts_max"] == 2  # step 1: nothing seen yet, uniform
+    assert all(0.0 <= res["mean"]["knapsack"][k] <= 1.0 for k in bench.KEYS)
+    assert "uniform -> knapsack" in capsys.readouterr().out
