@@ -75,11 +75,12 @@ PATTERNS = [lambda k: 1.0, lambda k: 0.0, lambda k: float(k % 2 == 0), lambda k:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["dapo", "quickstart"])
+@pytest.mark.parametrize("recipe", ["dapo", "papo_d", "quickstart"])
 def test_knapsack_budgets_follow_the_tracked_success_rates(recipe, tiny_dirs, tmp_path, monkeypatch):
     """Three steps over four prompts (4 per step, G = 4, min_seen 4): step 1 is uniform (nothing seen), later steps
     give each rollout call exactly allocate(p, len(call) x 4) with p recomputed here from the accuracies of the
-    earlier steps (mean of the last 16); DAPO's resampling calls count too, DTPO's accuracy part feeds the rates."""
+    earlier steps (mean of the last 16); DAPO's and PAPO-D's resampling calls count too (PAPO-D: with the masked
+    pass over unequal groups), DTPO's accuracy part feeds the rates."""
     from vlmrl.data.synthetic import make_zoom_dataset
     from vlmrl.train.trainer import Trainer
 
@@ -126,7 +127,7 @@ def test_knapsack_budgets_follow_the_tracked_success_rates(recipe, tiny_dirs, tm
             assert metrics["budget/known_frac"] == 1.0
     # by step 3 the all-solved and all-failed prompts are down to n_low = 2 and the others share the rest
     assert any(n != 4 for c in calls[1:] for call in c for _, n in call)
-    if recipe == "dapo":  # groups of the all-solved / all-failed prompts were dropped and more prompts sampled
+    if recipe != "quickstart":  # groups of the all-solved / all-failed prompts were dropped and more prompts sampled
         assert all(len(c) > 1 for c in calls)
     else:  # by step 3 the all-solved and all-failed prompts are down to n_low = 2, the others share the rest
         last = dict(calls[-1][0])
