@@ -21,14 +21,15 @@ The rule (`allocate`), prompt by prompt:
   all-failed prompts, or, without any, to the other prompts without 0 < p < 1 (EU:138-167); budget the DP cannot
   place (every prompt at n_up) is shared equally among the 0 < p < 1 prompts, beyond n_up (EU:383-412).
 Equal shares put the remainder's extra rollout on the first prompts, in the step's order (EU:120-125, 156-161).
+A prompt with no success rate yet counts as all-failed in the fallbacks, as in the official code (its success-rate
+entry stays 0, EU:70, and the fallbacks test `success_rates == 0`, EU:116 and EU:148). DP ties go the official way:
+the later prompt gets the fewest extra rollouts (options tried in increasing order with a strict `>`, EU:356-381,
+then backtracking from the last prompt, EU:390-396).
 
 Deviations from the official code, each deliberate:
 - the DP maximises the paper's objective exactly: a prompt left at n_low counts value(n_low, p); the official DP
   scores "no extra rollouts" as 0 instead (EU:356-358 vs EU:365-372), which slightly favours giving every such
-  prompt at least one extra rollout. Ties go the official way (fewest extra rollouts for the later prompt:
-  options tried in increasing order with a strict `>`, EU:356-381, then backtracking from the last prompt).
-- a prompt with no success rate yet counts as all-failed in the fallbacks, as in the official code (its
-  success-rate entry stays 0, EU:70 and the `success_rates == 0` tests at EU:116 and EU:148): kept as is.
+  prompt at least one extra rollout.
 - when every prompt has 0 < p < 1 and the fallback would trigger, the official code divides by zero (EU:156: no
   candidates); here the fallback is skipped and the DP gets the whole budget.
 - the budget left after the fixed shares must be >= 0 (the official code asserts at the end, EU:183): here a
