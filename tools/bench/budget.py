@@ -48,8 +48,8 @@ def _assets(out: Path, n: int, sft_steps: int) -> tuple[Path, Path]:
              "--tag-size", str(DATA["tag_size"])])
     if not (sft / "config.json").is_file():
         cli(["sft", str(ROOT / "recipes" / "quickstart.yaml"), f"model.path={model}",
-             f"data.train={data / 'train.jsonl'}", "data.eval=", f"sft.steps={sft_steps}", f"sft.output={sft}", f"train.output_dir={out / 'sft_run'}",
-             "sft.lr=2e-3"])
+             f"data.train={data / 'train.jsonl'}", "data.eval=", f"sft.steps={sft_steps}", f"sft.output={sft}",
+             f"train.output_dir={out / 'sft_run'}", "sft.lr=2e-3"])
     return sft, data / "train.jsonl"
 
 
