@@ -33,7 +33,8 @@ def _rows(n=12, papo=False):
             r.update({"adv/mean": 0.0, "adv/std": 1.0, "adv/min": -1.5, "adv/max": 1.5, "zero_std_frac": 0.25,
                       "lr": 1e-6, "time/step": 2.0, "reward/format/mean": 0.9, "reward/format/std": 0.1,
                       "adv_share/accuracy": 0.8, "adv_share/format": 0.2, "reward_group_std/format": 0.3,
-                      "nonfinite": ["grad_norm"]})
+                      "nonfinite": ["grad_norm"], "budget/mean": 4.0, "budget/std": 1.5 + 0.1 * s,
+                      "budget/rollouts_min": 2, "budget/rollouts_max": 8 + s, "groups/nonzero_std": 0.5})
         if s == 5:
             r["accuracy"] = float("nan")  # json writes NaN: must not break the plot
         out.append(r)
@@ -59,12 +60,12 @@ def test_plot_run_panels_and_skips(tmp_path, capsys):
         _check_png(p)
     res = make_plots(run, tmp_path / "other")
     assert set(res.skipped) == {"reward_share", "reward_group_std", "ref_kl", "perception_kl", "advantage", "rollout",
-                                "lr", "time"} and res.notes == []
+                                "budget", "lr", "time"} and res.notes == []
     # the CLI says what it skipped
     assert main(["plot", str(run)]) == 0
     out = capsys.readouterr().out
     assert ("skipped (metrics all missing): reward_share, reward_group_std, ref_kl, perception_kl, advantage, "
-            "rollout, lr, time") in out
+            "rollout, budget, lr, time") in out
     assert "overview.png" in out
 
 
@@ -89,3 +90,17 @@ def test_plot_bad_input(tmp_path, capsys):
     _write(tmp_path / "nothing", [{"step": 1, "foo": 1}])
     res = make_plots(tmp_path / "nothing")
     assert res.paths == [] and set(res.skipped) == ALL and "nothing plotted" in res.notes[-1]
+
+
+def test_budget_panel_draws_rollouts_per_prompt():
+    """Knapsack RL budgets: min, mean (with its std band) and max rollouts per prompt in one panel; the share of
+    groups with a gradient joins the rollout panel."""
+    from vlmrl.plots import panel_series
+
+    rows = {r["step"]: r for r in _rows(6, papo=True)}
+    by_name = {p.name: p for p in PANELS}
+    budget = panel_series(by_name["budget"], rows)
+    assert set(budget) == {"budget/mean", "budget/rollouts_min", "budget/rollouts_max"}
+    assert budget["budget/rollouts_max"] == ([1, 2, 3, 4, 5, 6], [9.0, 10.0, 11.0, 12.0, 13.0, 14.0])
+    assert "groups/nonzero_std" in panel_series(by_name["rollout"], rows)
+    # (budget.png itself is drawn in test_papo_run_has_all_panels_and_tolerates_resume_and_cut_line)

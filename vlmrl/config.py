@@ -132,6 +132,32 @@ class PapoConfig:
 
 
 @dataclass
+class KnapsackConfig:
+    """Knapsack RL budgets (``algo.budget: knapsack``; vlmrl/algos/knapsack.py, vlmrl/train/budget.py). The defaults
+    are the official run's (liziniu/KnapsackRL examples/knapsack_trainer/run_knapsack_grpo_7b.sh)."""
+
+    n_low: int = 2  # rollouts of a prompt with 0 < p < 1 at least (N_low)
+    n_up: int = 128  # ... and at most (N_up; only the leftover of an all-capped step goes beyond)
+    n_zero: int | None = None  # rollouts of an all-failed prompt (p = 0); None = n_low
+    n_one: int | None = None  # rollouts of an all-solved prompt (p = 1); None = n_low
+    min_seen: int = 8  # rollouts of a prompt seen before its success rate is used (until then: group_size)
+    window: int = 16  # the success rate is the mean of the prompt's last `window` results (or of its last
+    #                   step's, when that step had at least `window`)
+    alpha: float = 0.9  # confidence of the cost estimate that decides the excess-budget fallback
+    fallback: bool = True  # budget the 0 < p < 1 prompts do not need (by cost) goes to all-failed prompts
+
+    def __post_init__(self):
+        for name in ("n_low", "n_up", "min_seen", "window", "n_zero", "n_one"):
+            v = getattr(self, name)
+            if v is not None and v < (0 if name == "min_seen" else 1):
+                raise ConfigError(f"algo.knapsack.{name} must be >= {0 if name == 'min_seen' else 1}, got {v}")
+        if self.n_up < self.n_low:
+            raise ConfigError(f"algo.knapsack.n_up ({self.n_up}) must be >= n_low ({self.n_low})")
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"algo.knapsack.alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass
 class AlgoConfig:
     name: str = "grpo"  # grpo | dr_grpo | dapo | gspo | dtpo
     # clip range; left out (null), the algorithm's default from the algorithm table (vlmrl/algos/table.py):
@@ -154,6 +180,10 @@ class AlgoConfig:
     alpha: float = 0.5  # DTPO weight of non-final turns
     mask_unfinished: bool = False  # exclude trajectories that hit the turn/length cap without an answer
     papo: PapoConfig = field(default_factory=PapoConfig)
+    # rollouts per prompt: uniform (rollout.group_size each) | knapsack (Knapsack RL: the same total,
+    # prompts_per_step x group_size, shared by each prompt's success rate; settings in algo.knapsack)
+    budget: str = "uniform"
+    knapsack: KnapsackConfig = field(default_factory=KnapsackConfig)
 
     def __post_init__(self):
         from vlmrl.algos.table import ALGORITHMS  # here, not at the top: the table imports torch

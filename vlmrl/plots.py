@@ -3,7 +3,8 @@
 One PNG per panel (`reward.png` with per-part rewards and a +-std band, `reward_share.png` (each reward part's
 share of the advantage variance), `reward_group_std.png`, `accuracy.png`, `tool.png`,
 `visual_tokens.png`, `ref_kl.png`, `perception_kl.png`, `entropy.png`, `clip.png`, `advantage.png`,
-`loss.png`, `grad_norm.png`, `response_length.png`, `rollout.png` (zero-std groups, truncation), `lr.png`,
+`loss.png`, `grad_norm.png`, `response_length.png`, `rollout.png` (zero-std groups, truncation, groups with a
+gradient), `budget.png` (rollouts per prompt: min, mean +- std, max; Knapsack RL), `lr.png`,
 `time.png`) and `overview.png` with every non-empty panel. A panel whose metrics are all missing (absent, null or NaN)
 is skipped and named in the output. Steps come from each record's `step` (else its line number); a
 step logged twice (a resumed run) keeps its last record.
@@ -47,7 +48,8 @@ PANELS = (
     Panel("loss", "loss", ("loss",), ("loss/",)),
     Panel("grad_norm", "gradient norm", ("grad_norm",)),
     Panel("response_length", "response length", ("response_length",), ("response_length/",), ylabel="tokens"),
-    Panel("rollout", "groups and truncation", ("zero_std_frac", "truncation_rate"), ylabel="fraction"),
+    Panel("rollout", "groups and truncation", ("zero_std_frac", "truncation_rate"), ("groups/",), ylabel="fraction"),
+    Panel("budget", "rollouts per prompt (algo.budget)", (), ("budget/rollouts_", "budget/mean"), ylabel="rollouts"),
     Panel("lr", "learning rate", ("lr",)),
     Panel("time", "seconds per step", (), ("time/",), ylabel="s"),
 )

@@ -82,6 +82,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
         trainer.stream.skipped = _my_skipped(state, acc)
         trainer.step_idx = start
+        trainer.budget.load_state_dict(state.get("budget"))  # Knapsack RL's success rates (None: uniform)
         if trainer.is_main:
             print(f"resumed from {ckpt} at step {start}")
     eval_set = None
@@ -104,7 +105,8 @@ def run_training(cfg: Config, accelerator=None) -> Path:
                         trainer.optimizer, trainer.scheduler,
                         trainer_state={"data_position": trainer.stream.position,
                                        "nonfinite_total": trainer.nonfinite_total,
-                                       "skipped_samples": by_process[0], "skipped_by_process": by_process},
+                                       "skipped_samples": by_process[0], "skipped_by_process": by_process,
+                                       "budget": trainer.budget.state_dict()},
                         generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
         acc.wait_for_everyone()
 

@@ -1,10 +1,10 @@
 """The RL trainer: rollouts -> rewards -> advantages -> (PAPO masked pass) -> PPO-style updates.
 
 One step, top to bottom (`Trainer.step`):
-1. take B prompts for this process, roll out `samples_per_prompt` samples each (rollout.group_size unless
-   overridden; direct or tool mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by
-   default; its `sync_weights` runs after each optimizer step); each prompt occurrence is one group, with its
-   own group id;
+1. take B prompts for this process, roll out `samples_per_prompt` samples each (rollout.group_size, or Knapsack
+   RL's per-prompt share of B x group_size with algo.budget=knapsack: vlmrl/train/budget.py; direct or tool
+   mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by default; its `sync_weights` runs
+   after each optimizer step); each prompt occurrence is one group, with its own group id;
 2. score them (vlmrl.rewards.trajectories), drop groups the filters reject (DAPO dynamic sampling,
    PAPO-D's accuracy window), resampling prompts up to `max_sampling_tries`;
 3. pad the step's trajectories once into a `RolloutBatch` (vlmrl/train/batch.py); advantages per group id,
@@ -44,6 +44,7 @@ from vlmrl.models.sampler import Sampler
 from vlmrl.rewards.compose import ComposedReward
 from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
 from vlmrl.train.batch import RolloutBatch, micro_batches
+from vlmrl.train.budget import Budget, budget_metrics
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
@@ -70,6 +71,8 @@ class Trainer:
         win = cfg.algo.acc_window
         if win is not None and (len(win) != 2 or not 0 <= win[0] < win[1] <= 1):
             raise ValueError(f"algo.acc_window must be [low, high] with 0 <= low < high <= 1, got {win!r}")
+        self.budget = Budget(cfg)  # rollouts per prompt: algo.budget (vlmrl/train/budget.py)
+        self._budgets: list[int] = []  # this step's rollouts per prompt, as samples_per_prompt gave them
         if t.keep_freed_memory:
             keep_freed_memory()
         cpu = cfg.model.device == "cpu" or not torch.cuda.is_available()
@@ -111,9 +114,10 @@ class Trainer:
     # ------------------------------------------------------------------ rollout + rewards
 
     def samples_per_prompt(self, samples: list) -> list[int]:
-        """How many trajectories to sample for each prompt: rollout.group_size for every prompt. The seam for
-        per-prompt budgets (a subclass or a later allocator may give prompts different counts)."""
-        return [self.cfg.rollout.group_size] * len(samples)
+        """How many trajectories to sample for each prompt: rollout.group_size for every prompt (algo.budget=uniform)
+        or Knapsack RL's share of len(samples) x group_size by each prompt's success rate (algo.budget=knapsack).
+        The seam for per-prompt budgets (a subclass may give prompts other counts)."""
+        return self.budget.per_prompt(samples)
 
     def _rollout(self, n_prompts: int, first_group_id: int) -> list:
         """Roll out n prompts as groups first_group_id, first_group_id + 1, ...; prompts too long for the
@@ -128,8 +132,9 @@ class Trainer:
         if not ok:
             return []
         self._group_images.update({first_group_id + i: list(s.images) for i, s in enumerate(ok)})
-        return self.engine.rollout(ok, self.samples_per_prompt(ok), generator=self.gen, prompts=prompts,
-                                   first_group_id=first_group_id)
+        n = self.samples_per_prompt(ok)
+        self._budgets += list(n)
+        return self.engine.rollout(ok, n, generator=self.gen, prompts=prompts, first_group_id=first_group_id)
 
     def _score(self, trajs, groups: torch.Tensor):
         a, ro = self.cfg.algo, self.cfg.rollout
@@ -317,9 +322,12 @@ class Trainer:
         times = {}
         t0 = time.perf_counter()
         pol.model.eval()
+        self._budgets = []
         trajs, total, parts, kept, zero_std = self.collect()
         times["time/rollout"] = time.perf_counter() - t0
-        metrics = {"zero_std_frac": zero_std, **self.sampling_stats}
+        self.budget.observe(trajs, parts, self.acc)  # the success rates the next steps' budgets use
+        metrics = {"zero_std_frac": zero_std, **self.sampling_stats} | self.budget.pop_step()
+        metrics.update(budget_metrics(self._budgets, total, [t.group_id for t in trajs]))
         if not trajs:
             return metrics | {"skipped_samples": len(self.stream.skipped), "prompts_too_long": self.too_long}, []
         unfinished = ("max_turns", "length") if a.mask_unfinished else ()
