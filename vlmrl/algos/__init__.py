@@ -10,6 +10,7 @@ from vlmrl.algos.filters import (
     zero_std_fraction,
 )
 from vlmrl.algos.losses import (
+    loss_totals,
     loss_weights,
     token_policy_loss,
     weighted_sum,
@@ -29,6 +30,7 @@ __all__ = [
     "ALGORITHMS",
     "Algorithm",
     "check_algorithm",
+    "loss_totals",
     "loss_weights",
     "token_policy_loss",
     "weighted_sum",

@@ -127,6 +127,8 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator] | None, w
 
 def _weights_files(ckpt: Path) -> list[Path] | None:
     """The weight files a checkpoint directory should hold, or None when they are missing."""
+    if (ckpt / "sharded" / ".metadata").is_file():  # an FSDP run's sharded checkpoint (vlmrl/train/sharded_checkpoint.py)
+        return [ckpt / "sharded" / ".metadata"]
     for index_name in ("model.safetensors.index.json", "adapter_model.safetensors.index.json"):
         index = ckpt / index_name
         if index.is_file():
@@ -325,6 +327,9 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model=None, optimizer=None, sch
     ckpt = Path(ckpt_dir)
     if not is_complete(ckpt):
         raise CheckpointError(f"{ckpt} is not a complete checkpoint (needs {STATE_FILE} and safetensors weights)")
+    if (ckpt / "sharded").is_dir():
+        raise CheckpointError(f"{ckpt} is a sharded (FSDP) checkpoint: resume it under the same FSDP launch "
+                              "(accelerate launch --config_file ...), or use the run's model/ directory")
     state = json.loads((ckpt / STATE_FILE).read_text())
     if model is not None:
         _load_model_weights(ckpt, model)

@@ -12,9 +12,10 @@ from vlmrl.train.batch import RolloutBatch
 
 
 def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBatch, rows: list[int],
-                     w: torch.Tensor, n_tok: int, temp: float, share: bool) -> tuple[torch.Tensor, dict]:
+                     w: torch.Tensor, n_tok: float, temp: float, share: bool) -> tuple[torch.Tensor, dict]:
     """(loss to backpropagate, logged terms) of batch rows `rows`. `w` are their loss weights (computed over the
-    whole mini-batch, so sums over micro-batches are exact); `n_tok` the mini-batch's loss tokens, which scales the
+    whole mini-batch, so sums over micro-batches are exact); `n_tok` the mini-batch's loss tokens (with several
+    processes: the global count over the number of processes, as the gradients are averaged), which scales the
     token-mean PAPO terms the same way; `level` the PPO ratio's level (token, or sequence for GSPO); `share` runs
     a group's common prompt once in the log-prob passes."""
     dev = policy.device
@@ -27,7 +28,7 @@ def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBa
     per_tok, m = algos.token_policy_loss(logp, old, adv, maskd, a.clip_low, a.clip_high, a.dual_clip, level)
     pg = algos.weighted_sum(per_tok, w)
     loss = pg
-    frac = float(maskd.sum()) / max(1, n_tok)  # token-mean terms: exact over micro-batches
+    frac = float(maskd.sum()) / n_tok if n_tok else 0.0  # token-mean terms: exact over micro-batches (and ranks)
     out = {"loss/pg": pg.item(), "clip/low": float(m["clip_frac_low"]), "clip/high": float(m["clip_frac_high"]),
            "clip/dual": float(m["dual_clip_frac"]), "entropy/policy": float(algos.masked_mean(ent.detach(), maskd))}
     if a.kl_coef > 0:

@@ -4,7 +4,8 @@ Run directory layout (train.output_dir):
     config.yaml            the resolved recipe
     metrics.jsonl          one JSON record per step
     traces/step-000001.jsonl (+ _images/)   a sample of each step's trajectories
-    checkpoints/step-000010/   HF model + optimizer, scheduler, RNG and data position
+    checkpoints/step-000010/   HF model + optimizer, scheduler, RNG and data position (FSDP runs: the sharded
+                           model and optimizer state, one RNG file per rank; vlmrl/train/sharded_checkpoint.py)
     model/                 the final model (HF format)
     plots/*.png            curves of the metrics (train.plot)
 """
@@ -18,7 +19,9 @@ from pathlib import Path
 
 
 from vlmrl.config import Config, load_config
-from vlmrl.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from vlmrl.train.checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+from vlmrl.train.sharded_checkpoint import (export_model, is_sharded, load_sharded_checkpoint,
+                                            save_sharded_checkpoint)
 from vlmrl.train.metrics import MetricsLogger, progress, reduce_metrics
 from vlmrl.train.trainer import Trainer, save_run_config
 
@@ -74,9 +77,20 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     start = 0
     ckpt = resolve_resume(out, cfg.train.resume)
     gens = {"rollout": trainer.gen, "papo_mask": trainer.mask_gen}
+    sharded = trainer.dist.sharded
     if ckpt is not None:
-        state = load_checkpoint(ckpt, acc.unwrap_model(trainer.policy.model), trainer.optimizer, trainer.scheduler,
-                                generators=gens)
+        if is_sharded(ckpt) != sharded:
+            raise CheckpointError(f"{ckpt} is {'a sharded' if is_sharded(ckpt) else 'an unsharded'} checkpoint and "
+                                  f"this run is {'' if sharded else 'not '}sharded (FSDP): resume under the launch "
+                                  "config that saved it")
+        if sharded:
+            state = load_sharded_checkpoint(ckpt, trainer.policy.model, trainer.optimizer, trainer.scheduler, acc,
+                                            generators=gens)
+            if hasattr(trainer.sampler, "sync_all_weights"):
+                trainer.sampler.sync_all_weights(trainer.policy.model)
+        else:
+            state = load_checkpoint(ckpt, acc.unwrap_model(trainer.policy.model), trainer.optimizer,
+                                    trainer.scheduler, generators=gens)
         start = int(state["step"])
         trainer.stream.position = int(state["data_position"])
         trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
@@ -100,12 +114,16 @@ def run_training(cfg: Config, accelerator=None) -> Path:
             from accelerate.utils import gather_object
 
             by_process = gather_object(by_process)
-        save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
-                        trainer.optimizer, trainer.scheduler,
-                        trainer_state={"data_position": trainer.stream.position,
-                                       "nonfinite_total": trainer.nonfinite_total,
-                                       "skipped_samples": by_process[0], "skipped_by_process": by_process},
-                        generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
+        state = {"data_position": trainer.stream.position, "nonfinite_total": trainer.nonfinite_total,
+                 "skipped_samples": by_process[0], "skipped_by_process": by_process}
+        if sharded:
+            save_sharded_checkpoint(out, step, trainer.policy.model, trainer.optimizer, trainer.scheduler, acc,
+                                    trainer.policy.processor, trainer_state=state, generators=gens,
+                                    keep_last=cfg.train.keep_last)
+        else:
+            save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
+                            trainer.optimizer, trainer.scheduler, trainer_state=state,
+                            generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
         acc.wait_for_everyone()
 
     for step in range(start + 1, cfg.train.steps + 1):
@@ -123,10 +141,15 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     logger.close()
     if cfg.train.steps > start:
         checkpoint(cfg.train.steps)
+    if sharded:  # the full weights as a plain Hugging Face checkpoint
+        replica = getattr(trainer.sampler, "replica", None)
+        export_model(trainer.policy.model, trainer.policy.processor, out / "model", acc,
+                     replica=replica.model if replica is not None else None)
     if trainer.is_main:
         model_dir = out / "model"
-        acc.unwrap_model(trainer.policy.model).save_pretrained(model_dir)
-        trainer.policy.processor.save_pretrained(str(model_dir))
+        if not sharded:
+            acc.unwrap_model(trainer.policy.model).save_pretrained(model_dir)
+            trainer.policy.processor.save_pretrained(str(model_dir))
         if cfg.train.plot:
             try:
                 from vlmrl.plots import plot_run
