@@ -263,6 +263,7 @@ def test_fsdp2_rank_killed_mid_step_ends_the_run_and_the_last_checkpoint_resumes
     finally:
         if proc.poll() is None:
             _kill_tree(proc)
+    Path(os.environ.get("VLMRL_FAULT_LOG", os.devnull)).write_text(err)
     assert proc.returncode != 0 and took < 120
     assert "rank      : 1" in err and "SIGKILL" in err, err[-2000:]
     assert not (out / "model").exists()

@@ -43,6 +43,13 @@ def make_accelerator(cpu: bool, **kw):
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
+    timeout = os.environ.get("VLMRL_COLLECTIVE_TIMEOUT_S")
+    if timeout:  # how long a rank waits in a collective for a peer that stopped answering (torch's default: 30 min)
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        kw["kwargs_handlers"] = [*kw.get("kwargs_handlers", []), InitProcessGroupKwargs(timeout=timedelta(seconds=float(timeout)))]
     acc = Accelerator(cpu=cpu, **kw)
     if _fsdp_requested() and acc.distributed_type == DistributedType.MULTI_CPU:
         plugin = FullyShardedDataParallelPlugin()  # read from the launcher's FSDP_* environment

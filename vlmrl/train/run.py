@@ -92,7 +92,9 @@ def run_training(cfg: Config, accelerator=None) -> Path:
             state = load_checkpoint(ckpt, acc.unwrap_model(trainer.policy.model), trainer.optimizer,
                                     trainer.scheduler, generators=gens)
         start = int(state["step"])
-        trainer.stream.position = int(state["data_position"])
+        by_pos = state.get("data_position_by_process")
+        own = by_pos is not None and len(by_pos) == acc.num_processes
+        trainer.stream.position = int(by_pos[acc.process_index] if own else state["data_position"])
         trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
         trainer.stream.skipped = _my_skipped(state, acc)
         trainer.step_idx = start
@@ -110,12 +112,15 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     def checkpoint(step: int) -> None:
         acc.wait_for_everyone()
         by_process = [list(trainer.stream.skipped)]
-        if acc.num_processes > 1:  # every process skips rows of its own stream
+        positions = [trainer.stream.position]
+        if acc.num_processes > 1:  # every process skips rows of its own stream, and may take more of them
             from accelerate.utils import gather_object
 
             by_process = gather_object(by_process)
+            positions = gather_object(positions)
         state = {"data_position": trainer.stream.position, "nonfinite_total": trainer.nonfinite_total,
-                 "skipped_samples": by_process[0], "skipped_by_process": by_process}
+                 "skipped_samples": by_process[0], "skipped_by_process": by_process,
+                 "data_position_by_process": positions}
         if sharded:
             save_sharded_checkpoint(out, step, trainer.policy.model, trainer.optimizer, trainer.scheduler, acc,
                                     trainer.policy.processor, trainer_state=state, generators=gens,
@@ -168,10 +173,31 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
-    out = run_training(cfg)
+    try:
+        out = run_training(cfg)
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        import os
+
+        raise RuntimeError(
+            f"process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}: a collective failed, so "
+            f"another training process died or stopped answering ({type(e).__name__}: {str(e)[:300]}). Relaunch the "
+            f"same command to resume from the last complete checkpoint in {cfg.train.output_dir}/checkpoints "
+            "(train.resume=auto)") from e
     print(f"run directory: {out}")
     _leave_process_group()
     return 0
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether an error is a collective failing because a peer process went away (gloo / NCCL wording)."""
+    import torch.distributed as dist
+
+    text = str(e).lower()
+    return (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and
+            (type(e).__name__ == "DistBackendError" or any(w in text for w in (
+                "connection closed", "connection reset", "broken pipe", "timed out", "timeout", "gloo", "nccl"))))
 
 
 def _leave_process_group() -> None:
