@@ -1,13 +1,15 @@
-"""Peak memory per process: `vlmrl train` in one process vs 2 FSDP2 processes (recipes/accelerate/fsdp2_cpu.yaml).
+"""Memory per process: the RL trainer in one process vs 2 FSDP2 processes (recipes/accelerate/fsdp2_cpu.yaml).
 
     python tools/bench/fsdp_memory.py                 # the 30m model, 2 steps, GRPO direct mode
     python tools/bench/fsdp_memory.py --size tiny     # a quick look
 
-Each run is `vlmrl train` as a user launches it (plain, or under `accelerate launch`), with the same per-process
-work: every process rolls out `prompts_per_step` prompts x G samples and trains on them. The script polls the
-resident set size (RSS) of every training process every 20 ms (psutil) and reports each one's peak, and the peak
-of a process that only imports torch, transformers, accelerate and vlmrl's trainer (the runtime, which sharding
-cannot shrink), so the model-state part (peak - runtime) is shown too. Writes fsdp_memory.json to --out.
+Both runs do the same per-process work: `Trainer.step()` (each process rolls out `--prompts` prompts x G samples
+and trains on them), `--steps` times, in a worker this script starts plainly or under `accelerate launch`. Each
+worker reports its peak resident set size (ru_maxrss: what the machine must have) and the bytes of the tensors it
+holds between steps (every live CPU tensor's storage counted once, a DTensor by its local shard: weights, sharded
+weights, the sampler's full copy, gradients, optimizer state), after set-up and after the last step. The runtime
+(a process that only imports torch, transformers, accelerate and the trainer) is measured too. Writes
+fsdp_memory.json to --out and prints it.
 """
 
 from __future__ import annotations
@@ -67,6 +69,63 @@ def peak_rss(cmd: list[str], match: str, timeout: float = 1800) -> list[float]:
     return sorted(peaks.values())
 
 
+def tensor_mb() -> float:
+    import gc
+
+    import torch
+
+    gc.collect()
+    seen, total = set(), 0
+    for o in gc.get_objects():
+        try:
+            if torch.is_tensor(o) and o.device.type == "cpu":
+                t = o._local_tensor if hasattr(o, "_local_tensor") else o
+                st = t.untyped_storage()
+                if st.data_ptr() not in seen:
+                    seen.add(st.data_ptr())
+                    total += st.nbytes()
+        except Exception:  # noqa: BLE001  (objects gc tracks but torch cannot inspect)
+            pass
+    return total / 2**20
+
+
+def worker(args) -> None:
+    import resource
+
+    from vlmrl.config import load_config
+    from vlmrl.train.distributed import make_accelerator
+    from vlmrl.train.trainer import Trainer
+
+    acc = make_accelerator(cpu=True)
+    cfg = load_config(ROOT / "recipes" / "grpo.yaml", args.overrides)
+    trainer = Trainer(cfg, acc)
+    after_init = tensor_mb()
+    for _ in range(args.steps):
+        trainer.step()
+    after = tensor_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("FSDP_MEM " + json.dumps({"rank": acc.process_index, "processes": acc.num_processes, "sharded":
+                                    trainer.dist.sharded, "peak_rss_mb": peak, "tensors_after_init_mb": after_init,
+                                    "tensors_after_steps_mb": after}), flush=True)
+    if acc.num_processes > 1:
+        import gc
+
+        import torch.distributed as dist
+
+        del trainer
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_workers(cmd: list[str]) -> list[dict]:
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    rows = [json.loads(line.split("FSDP_MEM ", 1)[1]) for line in r.stdout.splitlines() if "FSDP_MEM " in line]
+    return sorted(rows, key=lambda x: x["rank"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="30m", help="tiny, small or 30m (tools/bench/step_cases.py BENCH_SIZES)")
@@ -75,7 +134,12 @@ def main(argv=None) -> int:
     ap.add_argument("--group-size", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--out", default=str(ROOT / "tools" / "bench" / "results"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
 
     from vlmrl.data.synthetic import make_zoom_dataset
     from vlmrl.models import tiny
@@ -91,31 +155,30 @@ def main(argv=None) -> int:
     with safe_open(str(model / "model.safetensors"), "pt") as f:
         n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
 
-    def train_args(out):
-        return ["-m", "vlmrl.cli", "train", str(ROOT / "recipes" / "grpo.yaml"), f"model.path={model}",
-                f"data.train={work / 'data' / 'train.jsonl'}", f"train.output_dir={out}", f"train.steps={args.steps}",
-                f"train.prompts_per_step={args.prompts}", f"rollout.group_size={args.group_size}",
-                f"rollout.max_new_tokens={args.new_tokens}", "train.eval_every=0", "train.save_every=0",
-                "model.dtype=float32", "model.device=cpu", "train.plot=false", "train.trace_samples=0"]
-
+    overrides = [f"model.path={model}", f"data.train={work / 'data' / 'train.jsonl'}",
+                 f"train.output_dir={work / 'run'}", f"train.prompts_per_step={args.prompts}",
+                 f"rollout.group_size={args.group_size}", f"rollout.max_new_tokens={args.new_tokens}",
+                 "model.dtype=float32", "model.device=cpu"]
+    me = [str(Path(__file__).resolve()), "--worker", "--steps", str(args.steps), *overrides]
     runtime = peak_rss([sys.executable, "-c", "import torch, transformers, accelerate, time; "
                         "import vlmrl.train.trainer, vlmrl.models.policy; "
-                        "from transformers import AutoModelForImageTextToText; time.sleep(1)"], "import torch")
-    one = peak_rss([sys.executable, *train_args(work / "one")], "vlmrl.cli")
-    two = peak_rss([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(ROOT / "recipes" / "accelerate" / "fsdp2_cpu.yaml"), "--main_process_port", str(_port()),
-                    *train_args(work / "two")], "vlmrl.cli")
-    two = [x for x in two if x > runtime[0] * 0.9][-2:]  # the 2 workers (not the launcher)
-    base = runtime[0]
+                        "from transformers import AutoModelForImageTextToText; time.sleep(1)"], "import torch")[0]
+    one = run_workers([sys.executable, *me])
+    two = run_workers([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                       str(ROOT / "recipes" / "accelerate" / "fsdp2_cpu.yaml"), "--main_process_port", str(_port()),
+                       *me])
+    assert len(one) == 1 and not one[0]["sharded"] and len(two) == 2 and all(w["sharded"] for w in two)
+    peak1, peak2 = one[0]["peak_rss_mb"], max(w["peak_rss_mb"] for w in two)
+    held1, held2 = one[0]["tensors_after_steps_mb"], max(w["tensors_after_steps_mb"] for w in two)
     res = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "size": args.size, "parameters": n_params, "fp32_weights_mb": n_params * 4 / 2**20,
         "steps": args.steps, "prompts_per_process": args.prompts, "group_size": args.group_size,
-        "new_tokens": args.new_tokens,
-        "runtime_rss_mb": base, "one_process_peak_mb": one[-1], "fsdp2_two_process_peaks_mb": two,
-        "ratio_peak": max(two) / one[-1],
-        "ratio_above_runtime": (max(two) - base) / (one[-1] - base),
+        "new_tokens": args.new_tokens, "runtime_rss_mb": runtime, "one_process": one[0], "fsdp2_two_processes": two,
+        "ratio_peak_rss": peak2 / peak1,
+        "ratio_peak_rss_above_runtime": (peak2 - runtime) / (peak1 - runtime),
+        "ratio_tensors_held": held2 / held1,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
