@@ -22,6 +22,9 @@ from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.sampler import Sampler
 
 
+_CKPT = "_checkpoint_wrapped_module."  # torch's checkpoint_wrapper inserts it into parameter names
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (an all-gather), a plain tensor as it is."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
@@ -68,6 +71,7 @@ class GatheredSampler(Sampler):
         for name, p in src.named_parameters():
             if self._synced_once and not p.requires_grad:
                 continue
+            name = name.replace(_CKPT, "")  # activation checkpointing wraps blocks (FSDP's fsdp_activation_checkpointing)
             if name not in dst_params:
                 raise KeyError(f"GatheredSampler: the copy has no parameter {name!r} (was the model changed after "
                                "the sampler was built?)")
@@ -75,6 +79,7 @@ class GatheredSampler(Sampler):
             names.add(name)
         if not self._synced_once:
             for name, b in src.named_buffers():
+                name = name.replace(_CKPT, "")
                 if name in dst_buffers and b.device.type != "meta":
                     dst_buffers[name].copy_(_full(b))
         self.gathers += 1
