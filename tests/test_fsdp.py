@@ -272,3 +272,22 @@ def test_fsdp2_rank_killed_mid_step_ends_the_run_and_the_last_checkpoint_resumes
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "step-000001" in r.stdout
     assert (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", [
+    ["fsdp2_cpu.yaml", "--mixed_precision", "bf16", "--fsdp_activation_checkpointing", "true",
+     "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true"],
+    ["ddp.yaml"],
+], ids=["fsdp2-lora-bf16-actckpt-ramload", "ddp-lora"])
+def test_lora_trains_under_fsdp2_and_ddp(launch, assets, tmp_path):
+    """LoRA (peft) for 2 steps: under FSDP2 with bf16 mixed precision, accelerate's activation checkpointing and
+    cpu-ram-efficient loading all on, and under DDP. The run saves its adapter, and the adapter moved from its
+    initialisation (B starts at 0)."""
+    out = tmp_path / "run"
+    cmd = _launch(launch[0], [*launch[1:], *_train_args(assets, out, steps=2, extra=["model.lora_r=4"])])
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().max() > 0 for v in lora_b)
