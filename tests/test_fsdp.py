@@ -291,3 +291,26 @@ def test_lora_trains_under_fsdp2_and_ddp(launch, assets, tmp_path):
     adapter = load_file(str(out / "model" / "adapter_model.safetensors"))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(v.abs().max() > 0 for v in lora_b)
+
+
+@pytest.mark.slow
+def test_ddp_resume_restores_every_ranks_rng(assets, tmp_path):
+    """DDP, 2 processes, 2 steps with a checkpoint each step; the same run resumed from step 1's checkpoint ends
+    with the same bits: each rank restores its own RNG streams and data position (rng-00R.pt), not rank 0's."""
+    import shutil
+
+    full = tmp_path / "full"
+    r = subprocess.run(_launch("ddp.yaml", _train_args(assets, full, steps=2)), env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (full / "checkpoints" / "step-000001" / "rng-001.pt").is_file()
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step-000002")
+    shutil.rmtree(part / "model")
+    r = subprocess.run(_launch("ddp.yaml", _train_args(assets, part, steps=2)), env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step-000001" in r.stdout
+    a, b = load_file(str(full / "model" / "model.safetensors")), load_file(str(part / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -91,6 +91,12 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         else:
             state = load_checkpoint(ckpt, acc.unwrap_model(trainer.policy.model), trainer.optimizer,
                                     trainer.scheduler, generators=gens)
+            own_rng = Path(ckpt) / f"rng-{acc.process_index:03d}.pt"
+            if acc.num_processes > 1 and own_rng.is_file() and state.get("num_processes") == acc.num_processes:
+                from vlmrl.train.checkpoint import _set_rng_state
+                import torch
+
+                _set_rng_state(torch.load(own_rng, map_location="cpu", weights_only=True), gens, Path(ckpt))
         start = int(state["step"])
         by_pos = state.get("data_position_by_process")
         own = by_pos is not None and len(by_pos) == acc.num_processes
@@ -126,9 +132,19 @@ def run_training(cfg: Config, accelerator=None) -> Path:
                                     trainer.policy.processor, trainer_state=state, generators=gens,
                                     keep_last=cfg.train.keep_last)
         else:
+            extra = None
+            if acc.num_processes > 1:  # each process's RNG streams, so every rank resumes its own
+                from accelerate.utils import gather_object
+
+                from vlmrl.train.checkpoint import _rng_state
+
+                rngs = gather_object([_rng_state(gens)])
+                extra = {f"rng-{r:03d}.pt": st for r, st in enumerate(rngs)}
+                state["num_processes"] = acc.num_processes
             save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
                             trainer.optimizer, trainer.scheduler, trainer_state=state,
-                            generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
+                            generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main,
+                            extra_files=extra)
         acc.wait_for_everyone()
 
     for step in range(start + 1, cfg.train.steps + 1):
