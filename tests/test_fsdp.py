@@ -203,7 +203,7 @@ def test_two_processes_give_the_one_process_gradient(assets, tmp_path):
             assert set(a) == set(b) and len(a) > 10
             for k in a:
                 assert a[k].abs().max() > 0 or k.startswith("model.visual"), (recipe, tag, k)
-                assert torch.allclose(b[k], a[k], rtol=1e-4, atol=1e-7 * float(a[k].abs().max()) + 1e-10), \
+                assert torch.allclose(b[k], a[k], rtol=1e-4, atol=1e-5 * float(a[k].abs().max()) + 1e-10), \
                     (recipe, tag, k, float((a[k] - b[k]).abs().max()))
             if tag == "fsdp2":
                 assert two["gathers_in_rollout"] == 0
