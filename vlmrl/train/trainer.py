@@ -315,6 +315,11 @@ class Trainer:
         times["time/rollout"] = time.perf_counter() - t0
         metrics = {"zero_std_frac": zero_std}
         if not trajs:
+            if self.dist.world > 1:  # the other ranks are about to train: skipping here would hang their collectives
+                raise RuntimeError(
+                    f"process {self.dist.rank}: no trajectory to train on this step (prompts too long for the length "
+                    f"cap: {self.too_long}, unusable rows: {len(self.stream.skipped)}); with several processes every "
+                    "process must train every step. Raise rollout.max_total_tokens, fix the data, or use one process")
             return metrics | {"skipped_samples": len(self.stream.skipped), "prompts_too_long": self.too_long}, []
         unfinished = ("max_turns", "length") if a.mask_unfinished else ()
         batch = RolloutBatch.from_trajectories(
