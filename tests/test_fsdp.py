@@ -314,3 +314,36 @@ def test_ddp_resume_restores_every_ranks_rng(assets, tmp_path):
     assert "step-000001" in r.stdout
     a, b = load_file(str(full / "model" / "model.safetensors")), load_file(str(part / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sampler_syncs_once_per_update_however_many_optimizer_steps(assets, tiny_dirs):
+    """4 trajectories in mini-batches of 1: 4 optimizer steps, one `sync_weights` (under FSDP the gathered sampler
+    all-gathers there, so once per rollout)."""
+    from vlmrl.config import load_config
+    from vlmrl.models.hf_sampler import HFSampler
+    from vlmrl.train.trainer import Trainer
+
+    cfg = load_config(ROOT / "recipes" / "grpo.yaml", [
+        f"model.path={tiny_dirs['qwen2_5_vl']}", f"data.train={assets['data'] / 'train.jsonl'}",
+        "train.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6", "model.dtype=float32",
+        "model.device=cpu", "train.mini_batch_size=1", "train.output_dir=/nonexistent-unused"])
+
+    class Counting(HFSampler):
+        syncs = 0
+
+        def sync_weights(self, model):
+            Counting.syncs += 1
+            super().sync_weights(model)
+
+    t = Trainer(cfg)
+    t.sampler = t.engine.sampler = Counting(t.policy)
+    steps = []
+    real = t.optimizer.step
+    t.optimizer.step = lambda *a, **k: (steps.append(1), real(*a, **k))
+    trajs, total, parts, kept, _ = t.collect()
+    from vlmrl.train.batch import RolloutBatch
+
+    batch = RolloutBatch.from_trajectories(trajs, [True] * len(trajs))
+    batch.advantages = torch.randn(batch.loss_mask.shape, generator=torch.Generator().manual_seed(0)) * batch.response_mask
+    t.update(batch)
+    assert len(steps) == 4 and Counting.syncs == 1

@@ -3,7 +3,7 @@
 One step, top to bottom (`Trainer.step`):
 1. take B prompts for this process, roll out `samples_per_prompt` samples each (rollout.group_size unless
    overridden; direct or tool mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by
-   default; its `sync_weights` runs after each optimizer step); each prompt occurrence is one group, with its
+   default; its `sync_weights` runs after the update's last optimizer step); each prompt occurrence is one group, with its
    own group id;
 2. score them (vlmrl.rewards.trajectories), drop groups the filters reject (DAPO dynamic sampling,
    PAPO-D's accuracy window), resampling prompts up to `max_sampling_tries`;
@@ -57,7 +57,7 @@ from vlmrl.train.stream import PromptStream
 
 class Trainer:
     """`sampler`: the generation backend rollouts use (default: `HFSampler(policy)`); it must sample from `policy`'s
-    weights once `sync_weights(policy.model)` has been called after each optimizer step."""
+    weights once `sync_weights(policy.model)` has been called after an update's optimizer steps."""
 
     def __init__(self, cfg: Config, accelerator=None, policy: Policy | None = None, dataset=None,
                  sampler: Sampler | None = None):
@@ -249,6 +249,7 @@ class Trainer:
 
         pol.model.train()
         perm_gen = torch.Generator().manual_seed(cfg.train.seed + self.step_idx)
+        stepped = False
         W = self.dist.world
         n_mini = math.ceil(n / mini)
         if W > 1:  # every rank runs as many mini-batches as the rank with the most
@@ -297,7 +298,9 @@ class Trainer:
                     continue
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.sampler.sync_weights(pol.model)
+                stepped = True
+        if stepped:  # once per update, after its last optimizer step: no generation runs in between (under FSDP
+            self.sampler.sync_weights(pol.model)  # the gathered sampler all-gathers the weights here, once per rollout)
         return {k: sums[k] / counts[k] for k in sums if k in counts} | {"_skipped": sums.get("skipped_update", 0.0)}
 
     def _micro_loss(self, batch: RolloutBatch, rows: list[int], w: torch.Tensor, n_tok: int, temp: float):
