@@ -33,15 +33,16 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 class GatheredSampler(Sampler):
     """An HFSampler over `Policy(copy of the model)`. Build it before the model is sharded (`copy_of` is the
     unwrapped model; its weights may be on the meta device, as cpu-ram-efficient loading leaves them on all ranks
-    but the first): the copy is materialised and filled by the first `sync_weights`, which must run on every rank."""
+    but the first): the copy is materialised on `device` (the process's device) and filled by the first
+    `sync_weights`, which must run on every rank."""
 
-    def __init__(self, policy, config=None, copy_of=None):
+    def __init__(self, policy, config=None, copy_of=None, device=None):
         from vlmrl.models.policy import Policy
 
         src = copy_of if copy_of is not None else policy.model
         replica = copy.deepcopy(src)
-        if any(p.device.type == "meta" for p in replica.parameters()):
-            replica = replica.to_empty(device="cpu")
+        if any(p.device.type == "meta" for p in replica.parameters()):  # filled by the first sync_weights
+            replica = replica.to_empty(device=device or "cpu")
         replica.requires_grad_(False).eval()
         self.replica = Policy(replica, policy.processor, policy.family)
         self.replica.codec = policy.codec  # one memo of encoded images for training and sampling

@@ -90,7 +90,7 @@ class Trainer:
         if self.dist.sharded and sampler is None:  # sampling reads a full copy, taken before sharding
             from vlmrl.models.gathered_sampler import GatheredSampler
 
-            sampler = GatheredSampler(self.policy, cfg.hf_sampler, copy_of=self.policy.model)
+            sampler = GatheredSampler(self.policy, cfg.hf_sampler, copy_of=self.policy.model, device=self.acc.device)
         if self.dist.world > 1:  # every forward runs the vision tower (FSDP collectives, DDP gradients)
             self.keepalive = VisionKeepAlive(self.policy.core)
         set_wrap_classes(self.acc, self.policy.family)
