@@ -38,6 +38,7 @@ class Family:
     convention: str  # bbox coordinate convention the family was trained with
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    fsdp_wrap: tuple[str, ...] = ()  # module classes FSDP shards one by one: the decoder layer and the vision block
 
     @property
     def factor(self) -> int:
@@ -48,9 +49,12 @@ class Family:
 FAMILIES = {
     f.name: f
     for f in (
-        Family("qwen2_vl", "qwen2_vl", 14, 2, "rel1000", CLIP_MEAN, CLIP_STD),
-        Family("qwen2_5_vl", "qwen2_5_vl", 14, 2, "absolute", CLIP_MEAN, CLIP_STD),
-        Family("qwen3_vl", "qwen3_vl", 16, 2, "rel1000", HALF, HALF),
+        Family("qwen2_vl", "qwen2_vl", 14, 2, "rel1000", CLIP_MEAN, CLIP_STD,
+               ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock")),
+        Family("qwen2_5_vl", "qwen2_5_vl", 14, 2, "absolute", CLIP_MEAN, CLIP_STD,
+               ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock")),
+        Family("qwen3_vl", "qwen3_vl", 16, 2, "rel1000", HALF, HALF,
+               ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock")),
     )
 }
 FAMILY_OF_MODEL_TYPE = {f.model_type: f.name for f in FAMILIES.values()}

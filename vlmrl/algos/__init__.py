@@ -18,6 +18,7 @@ from vlmrl.algos.filters import (
     zero_std_fraction,
 )
 from vlmrl.algos.losses import (
+    loss_totals,
     loss_weights,
     token_policy_loss,
     weighted_sum,
@@ -45,6 +46,7 @@ __all__ = [
     "ALGORITHMS",
     "Algorithm",
     "check_algorithm",
+    "loss_totals",
     "loss_weights",
     "token_policy_loss",
     "weighted_sum",

@@ -86,29 +86,62 @@ def token_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return per_token, _metrics(per_token, ratio, regions, logp, old_logp, mask)
 
 
+def loss_totals(mask: torch.Tensor, agg: str = "token-mean", final_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The denominators of an aggregation over this batch, float64 [2], for `loss_weights(totals=...)`.
+
+    token-mean: [tokens, 0]; seq-mean-token-mean: [rows with tokens, 0]; seq-mean-token-sum-norm: [rows, 0];
+    dtpo: [non-final-turn tokens, final-turn tokens]. They are sums over rows, so the totals of a batch split
+    across processes (or micro-batches) are the sum of the parts' totals: all-reduce them (sum), give the sum to
+    every part's `loss_weights`, and the parts' weighted sums add up to the whole batch's loss."""
+    m = mask if mask.is_floating_point() else mask.to(torch.float32)
+    m = m.to(torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    if agg == "token-mean":
+        return torch.stack([m.sum(), zero])
+    if agg == "seq-mean-token-mean":
+        return torch.stack([(m.sum(-1) > 0).sum().to(torch.float64), zero])
+    if agg == "seq-mean-token-sum-norm":
+        return torch.tensor([float(m.shape[0]), 0.0], dtype=torch.float64)
+    if agg == "dtpo":
+        if final_mask is None:
+            raise ValueError("agg='dtpo' needs final_mask")
+        fin = (m * final_mask.to(m.dtype)).sum()
+        return torch.stack([m.sum() - fin, fin])
+    raise ValueError(f"agg must be one of {AGG_MODES + ('dtpo',)}, got {agg!r}")
+
+
 def loss_weights(mask: torch.Tensor, agg: str = "token-mean", norm_len: int | None = None,
-                 final_mask: torch.Tensor | None = None, alpha: float = 0.5) -> torch.Tensor:
+                 final_mask: torch.Tensor | None = None, alpha: float = 0.5,
+                 totals: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token weights w [B,T] with sum(l * w) == the aggregated loss of l over the batch.
 
     agg in AGG_MODES: token-mean (1/N over all tokens), seq-mean-token-mean (1/(n_i * S) over the S rows with
     tokens, n_i the row's tokens), seq-mean-token-sum-norm (Dr.GRPO: 1/(B * norm_len), norm_len defaulting to T);
     or "dtpo": alpha/N_nonfinal on non-final-turn tokens + 1/N_final on final-turn tokens.
+    `totals`: the denominators (N, S, B, or [N_nonfinal, N_final]) of a larger batch this one is part of, as
+    `loss_totals` gives them summed over the parts (other processes' rows, other micro-batches); None: this batch's.
     Float32 for an integer or bool mask, else the mask's dtype."""
     m = mask if mask.is_floating_point() else mask.to(torch.float32)
+    own = totals is None
+    if not own:
+        totals = [float(x) for x in totals]
     if agg == "token-mean":
-        return m / m.sum().clamp_min(1.0)
+        return m / (m.sum().clamp_min(1.0) if own else max(totals[0], 1.0))
     if agg == "seq-mean-token-mean":
         per_seq = m.sum(-1, keepdim=True)
-        n_seq = (per_seq > 0).sum().clamp_min(1)
+        n_seq = (per_seq > 0).sum().clamp_min(1) if own else max(totals[0], 1.0)
         return m / per_seq.clamp_min(1.0) / n_seq
     if agg == "seq-mean-token-sum-norm":
-        return m / (m.shape[0] * (norm_len if norm_len is not None else m.shape[-1]))
+        rows = m.shape[0] if own else totals[0]
+        return m / (rows * (norm_len if norm_len is not None else m.shape[-1]))
     if agg == "dtpo":
         if final_mask is None:
             raise ValueError("agg='dtpo' needs final_mask")
         fin = m * final_mask.to(m.dtype)
         non = m - fin
-        return alpha * non / non.sum().clamp_min(1.0) + fin / fin.sum().clamp_min(1.0)
+        if own:
+            return alpha * non / non.sum().clamp_min(1.0) + fin / fin.sum().clamp_min(1.0)
+        return alpha * non / max(totals[0], 1.0) + fin / max(totals[1], 1.0)
     raise ValueError(f"agg must be one of {AGG_MODES + ('dtpo',)}, got {agg!r}")
 
 

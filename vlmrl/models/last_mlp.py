@@ -38,9 +38,13 @@ def kept_positions(keep: int | torch.Tensor, shape: tuple[int, int], device) -> 
 
 
 def checkpointing(core) -> bool:
-    """Whether the transformers model recomputes its layers in the backward pass (activation checkpointing)."""
+    """Whether the transformers model recomputes its layers in the backward pass (activation checkpointing): its own
+    switch, or torch's checkpoint_wrapper around its decoder layers (accelerate's fsdp_activation_checkpointing)."""
     on = getattr(core, "is_activation_checkpointing", None)  # transformers >= 5.x's name
-    return bool(getattr(core, "is_gradient_checkpointing", False) if on is None else on)
+    if bool(getattr(core, "is_gradient_checkpointing", False) if on is None else on):
+        return True
+    layers = getattr(getattr(getattr(core, "model", None), "language_model", None), "layers", None) or []
+    return any(hasattr(layer, "_checkpoint_wrapped_module") for layer in list(layers)[-1:])
 
 
 def applies(core) -> bool:

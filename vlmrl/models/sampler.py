@@ -4,8 +4,8 @@ A `Prompt` is token ids plus the PIL images of its image placeholders, in order 
 handles), so a backend that runs elsewhere (vLLM, a server) takes it as is. `Sampler.generate(prompts, params)`
 returns one `Generation` per sample, prompt-major (prompt 0's samples, then prompt 1's, ...): the sampled token ids,
 their log-probs under the temperature-scaled distribution (before top-p; what a teacher-forced pass at the same
-temperature recomputes) and why it ended. `Sampler.sync_weights(model)` is called after every optimizer step with
-the trained model, before the next `generate`; `Sampler.release()` when no later prompt will extend the rows
+temperature recomputes) and why it ended. `Sampler.sync_weights(model)` is called after the optimizer steps of an
+update (once per training step) with the trained model, before the next `generate`; `Sampler.release()` when no later prompt will extend the rows
 sampled so far (the end of a rollout).
 
 Implementations: `vlmrl.models.hf_sampler.HFSampler` (the policy's own Hugging Face model, on the same device).
@@ -84,7 +84,7 @@ class Sampler(ABC):
 
     @abstractmethod
     def sync_weights(self, model) -> None:
-        """Make later `generate` calls sample from `model`'s current weights (called after each optimizer step)."""
+        """Make later `generate` calls sample from `model`'s current weights (called after an update's optimizer steps)."""
 
     def release(self) -> None:
         """The caller will not extend the rows of earlier calls (a rollout ended): a backend may free what it kept

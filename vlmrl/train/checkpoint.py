@@ -127,6 +127,8 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator] | None, w
 
 def _weights_files(ckpt: Path) -> list[Path] | None:
     """The weight files a checkpoint directory should hold, or None when they are missing."""
+    if (ckpt / "sharded" / ".metadata").is_file():  # an FSDP run's sharded checkpoint (vlmrl/train/sharded_checkpoint.py)
+        return [ckpt / "sharded" / ".metadata"]
     for index_name in ("model.safetensors.index.json", "adapter_model.safetensors.index.json"):
         index = ckpt / index_name
         if index.is_file():
@@ -205,12 +207,14 @@ def _save_pretrained_quietly(model, out: Path) -> None:
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, processor=None, optimizer=None, scheduler=None,
                     trainer_state: dict | None = None, generators: dict[str, torch.Generator] | None = None,
-                    keep_last: int | None = 3, is_main: bool = True) -> Path | None:
+                    keep_last: int | None = 3, is_main: bool = True,
+                    extra_files: dict[str, object] | None = None) -> Path | None:
     """Write `run_dir/checkpoints/step-{step:06d}/` atomically and keep the newest `keep_last` checkpoints.
 
     `processor` is anything with `save_pretrained` (processor or tokenizer). `trainer_state` must be JSON-able
     (step is added). `generators` are named torch.Generators whose states go into rng.pt. Returns the
     checkpoint path (None on non-main processes, which write nothing). Raises CheckpointError on failure.
+    `extra_files`: name -> object, each torch.saved into the checkpoint (e.g. the other processes' RNG states).
     """
     if not is_main:
         return None
@@ -238,6 +242,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, processor=None
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(generators), tmp / "rng.pt")
+        for name, obj in (extra_files or {}).items():
+            torch.save(obj, tmp / name)
         (tmp / STATE_FILE).write_text(state_json + "\n")
         if _weights_files(tmp) is None:
             raise CheckpointError(f"model.save_pretrained wrote no safetensors weights into {tmp}")
@@ -325,6 +331,9 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model=None, optimizer=None, sch
     ckpt = Path(ckpt_dir)
     if not is_complete(ckpt):
         raise CheckpointError(f"{ckpt} is not a complete checkpoint (needs {STATE_FILE} and safetensors weights)")
+    if (ckpt / "sharded").is_dir():
+        raise CheckpointError(f"{ckpt} is a sharded (FSDP) checkpoint: resume it under the same FSDP launch "
+                              "(accelerate launch --config_file ...), or use the run's model/ directory")
     state = json.loads((ckpt / STATE_FILE).read_text())
     if model is not None:
         _load_model_weights(ckpt, model)

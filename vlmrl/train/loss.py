@@ -12,10 +12,11 @@ from vlmrl.train.batch import RolloutBatch
 
 
 def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBatch, rows: list[int],
-                     w: torch.Tensor, n_tok: int, temp: float, share: bool,
+                     w: torch.Tensor, n_tok: float, temp: float, share: bool,
                      reg_token_mean: bool = False) -> tuple[torch.Tensor, dict]:
     """(loss to backpropagate, logged terms) of batch rows `rows`. `w` are their loss weights (computed over the
-    whole mini-batch, so sums over micro-batches are exact); `n_tok` the mini-batch's loss tokens, which scales the
+    whole mini-batch, so sums over micro-batches are exact); `n_tok` the mini-batch's loss tokens (with several
+    processes: the global count over the number of processes, as the gradients are averaged), which scales the
     token-mean PAPO terms the same way; `level` the PPO ratio's level (token, or sequence for GSPO); `share` runs
     a group's common prompt once in the log-prob passes. The reference-KL and entropy terms use `w` too, or, with
     `reg_token_mean` (DTPO, as AdaptVision), a plain token mean over the mini-batch."""
@@ -29,10 +30,10 @@ def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBa
     per_tok, m = algos.token_policy_loss(logp, old, adv, maskd, a.clip_low, a.clip_high, a.dual_clip, level)
     pg = algos.weighted_sum(per_tok, w)
     loss = pg
-    frac = float(maskd.sum()) / max(1, n_tok)  # token-mean terms: exact over micro-batches
+    frac = float(maskd.sum()) / n_tok if n_tok else 0.0  # token-mean terms: exact over micro-batches (and ranks)
     out = {"loss/pg": pg.item(), "clip/low": float(m["clip_frac_low"]), "clip/high": float(m["clip_frac_high"]),
            "clip/dual": float(m["dual_clip_frac"]), "entropy/policy": float(algos.masked_mean(ent.detach(), maskd))}
-    reg_w = maskd.to(w.dtype) / max(1, n_tok) if reg_token_mean else w
+    reg_w = (maskd.to(w.dtype) / n_tok if n_tok else maskd.to(w.dtype) * 0.0) if reg_token_mean else w
     if a.kl_coef > 0:
         ref = batch.take(batch.ref_logp, rows).to(dev)
         kl = algos.weighted_sum(algos.kl_estimate(logp, ref, a.kl_kind), reg_w)

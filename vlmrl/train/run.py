@@ -4,7 +4,8 @@ Run directory layout (train.output_dir):
     config.yaml            the resolved recipe
     metrics.jsonl          one JSON record per step
     traces/step-000001.jsonl (+ _images/)   a sample of each step's trajectories
-    checkpoints/step-000010/   HF model + optimizer, scheduler, RNG and data position
+    checkpoints/step-000010/   HF model + optimizer, scheduler, RNG and data position (FSDP runs: the sharded
+                           model and optimizer state, one RNG file per rank; vlmrl/train/sharded_checkpoint.py)
     model/                 the final model (HF format)
     plots/*.png            curves of the metrics (train.plot)
 """
@@ -18,7 +19,9 @@ from pathlib import Path
 
 
 from vlmrl.config import Config, load_config
-from vlmrl.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from vlmrl.train.checkpoint import CheckpointError, load_checkpoint, resolve_resume, save_checkpoint
+from vlmrl.train.sharded_checkpoint import (export_model, is_sharded, load_sharded_checkpoint,
+                                            save_sharded_checkpoint)
 from vlmrl.train.metrics import MetricsLogger, progress, reduce_metrics
 from vlmrl.train.trainer import Trainer, save_run_config
 
@@ -74,11 +77,30 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     start = 0
     ckpt = resolve_resume(out, cfg.train.resume)
     gens = {"rollout": trainer.gen, "papo_mask": trainer.mask_gen}
+    sharded = trainer.dist.sharded
     if ckpt is not None:
-        state = load_checkpoint(ckpt, acc.unwrap_model(trainer.policy.model), trainer.optimizer, trainer.scheduler,
-                                generators=gens)
+        if is_sharded(ckpt) != sharded:
+            raise CheckpointError(f"{ckpt} is {'a sharded' if is_sharded(ckpt) else 'an unsharded'} checkpoint and "
+                                  f"this run is {'' if sharded else 'not '}sharded (FSDP): resume under the launch "
+                                  "config that saved it")
+        if sharded:
+            state = load_sharded_checkpoint(ckpt, trainer.policy.model, trainer.optimizer, trainer.scheduler, acc,
+                                            generators=gens)
+            if hasattr(trainer.sampler, "sync_all_weights"):
+                trainer.sampler.sync_all_weights(trainer.policy.model)
+        else:
+            state = load_checkpoint(ckpt, acc.unwrap_model(trainer.policy.model), trainer.optimizer,
+                                    trainer.scheduler, generators=gens)
+            own_rng = Path(ckpt) / f"rng-{acc.process_index:03d}.pt"
+            if acc.num_processes > 1 and own_rng.is_file() and state.get("num_processes") == acc.num_processes:
+                from vlmrl.train.checkpoint import _set_rng_state
+                import torch
+
+                _set_rng_state(torch.load(own_rng, map_location="cpu", weights_only=True), gens, Path(ckpt))
         start = int(state["step"])
-        trainer.stream.position = int(state["data_position"])
+        by_pos = state.get("data_position_by_process")
+        own = by_pos is not None and len(by_pos) == acc.num_processes
+        trainer.stream.position = int(by_pos[acc.process_index] if own else state["data_position"])
         trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
         trainer.stream.skipped = _my_skipped(state, acc)
         trainer.step_idx = start
@@ -97,17 +119,34 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     def checkpoint(step: int) -> None:
         acc.wait_for_everyone()
         by_process = [list(trainer.stream.skipped)]
-        if acc.num_processes > 1:  # every process skips rows of its own stream
+        positions = [trainer.stream.position]
+        if acc.num_processes > 1:  # every process skips rows of its own stream, and may take more of them
             from accelerate.utils import gather_object
 
             by_process = gather_object(by_process)
-        save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
-                        trainer.optimizer, trainer.scheduler,
-                        trainer_state={"data_position": trainer.stream.position,
-                                       "nonfinite_total": trainer.nonfinite_total,
-                                       "skipped_samples": by_process[0], "skipped_by_process": by_process,
-                                       "budget": trainer.budget.state_dict()},
-                        generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main)
+            positions = gather_object(positions)
+        state = {"data_position": trainer.stream.position, "nonfinite_total": trainer.nonfinite_total,
+                 "skipped_samples": by_process[0], "skipped_by_process": by_process,
+                 "data_position_by_process": positions,
+                 "budget": trainer.budget.state_dict()}
+        if sharded:
+            save_sharded_checkpoint(out, step, trainer.policy.model, trainer.optimizer, trainer.scheduler, acc,
+                                    trainer.policy.processor, trainer_state=state, generators=gens,
+                                    keep_last=cfg.train.keep_last)
+        else:
+            extra = None
+            if acc.num_processes > 1:  # each process's RNG streams, so every rank resumes its own
+                from accelerate.utils import gather_object
+
+                from vlmrl.train.checkpoint import _rng_state
+
+                rngs = gather_object([_rng_state(gens)])
+                extra = {f"rng-{r:03d}.pt": st for r, st in enumerate(rngs)}
+                state["num_processes"] = acc.num_processes
+            save_checkpoint(out, step, acc.unwrap_model(trainer.policy.model), trainer.policy.processor,
+                            trainer.optimizer, trainer.scheduler, trainer_state=state,
+                            generators=gens, keep_last=cfg.train.keep_last, is_main=trainer.is_main,
+                            extra_files=extra)
         acc.wait_for_everyone()
 
     for step in range(start + 1, cfg.train.steps + 1):
@@ -125,10 +164,15 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     logger.close()
     if cfg.train.steps > start:
         checkpoint(cfg.train.steps)
+    if sharded:  # the full weights as a plain Hugging Face checkpoint
+        replica = getattr(trainer.sampler, "replica", None)
+        export_model(trainer.policy.model, trainer.policy.processor, out / "model", acc,
+                     replica=replica.model if replica is not None else None)
     if trainer.is_main:
         model_dir = out / "model"
-        acc.unwrap_model(trainer.policy.model).save_pretrained(model_dir)
-        trainer.policy.processor.save_pretrained(str(model_dir))
+        if not sharded:
+            acc.unwrap_model(trainer.policy.model).save_pretrained(model_dir)
+            trainer.policy.processor.save_pretrained(str(model_dir))
         if cfg.train.plot:
             try:
                 from vlmrl.plots import plot_run
@@ -147,10 +191,31 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
-    out = run_training(cfg)
+    try:
+        out = run_training(cfg)
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        import os
+
+        raise RuntimeError(
+            f"process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}: a collective failed, so "
+            f"another training process died or stopped answering ({type(e).__name__}: {str(e)[:300]}). Relaunch the "
+            f"same command to resume from the last complete checkpoint in {cfg.train.output_dir}/checkpoints "
+            "(train.resume=auto)") from e
     print(f"run directory: {out}")
     _leave_process_group()
     return 0
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether an error is a collective failing because a peer process went away (gloo / NCCL wording)."""
+    import torch.distributed as dist
+
+    text = str(e).lower()
+    return (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and
+            (type(e).__name__ == "DistBackendError" or any(w in text for w in (
+                "connection closed", "connection reset", "broken pipe", "timed out", "timeout", "gloo", "nccl"))))
 
 
 def _leave_process_group() -> None:

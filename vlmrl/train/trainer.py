@@ -4,7 +4,7 @@ One step, top to bottom (`Trainer.step`):
 1. take B prompts for this process, roll out `samples_per_prompt` samples each (rollout.group_size, or Knapsack
    RL's per-prompt share of B x group_size with algo.budget=knapsack: vlmrl/train/budget.py; direct or tool
    mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by default; its `sync_weights` runs
-   after each optimizer step); each prompt occurrence is one group, with its own group id;
+   after the update's last optimizer step); each prompt occurrence is one group, with its own group id;
 2. score them (vlmrl.rewards.trajectories), drop groups the filters reject (DAPO dynamic sampling,
    PAPO-D's accuracy window), resampling prompts up to `max_sampling_tries`;
 3. pad the step's trajectories once into a `RolloutBatch` (vlmrl/train/batch.py); advantages per group id,
@@ -18,7 +18,10 @@ One step, top to bottom (`Trainer.step`):
    A group's rows share a micro-batch where its size allows, and the log-prob passes run their common prompt
    (and its images) once (`train.share_prompt`, `Policy.logprobs(share_prefix=True)`).
 
-A group stays on one process, so advantages need no communication; accelerate (DDP) averages grads.
+A group stays on one process, so advantages need no communication; accelerate (DDP or FSDP2) averages grads.
+With several processes the loss divides by the global token count of each mini-batch (an all-gather of the counts,
+`vlmrl/train/distributed.py`), so 2 processes give the gradient 1 process gives on the same rows, and every rank
+runs the same number of mini- and micro-batches (padding with passes that add zero), as sharded weights need.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from vlmrl.rewards.compose import ComposedReward
 from vlmrl.rollout.engine import PromptTooLong, RolloutEngine
 from vlmrl.train.batch import RolloutBatch, micro_batches
 from vlmrl.train.budget import Budget, budget_metrics
+from vlmrl.train.distributed import Dist, VisionKeepAlive, make_accelerator, set_wrap_classes
 from vlmrl.train.loss import micro_batch_loss
 from vlmrl.train.memory import keep_freed_memory
 from vlmrl.train.metrics import METRIC_KEYS
@@ -56,12 +60,10 @@ from vlmrl.train.stream import PromptStream
 
 class Trainer:
     """`sampler`: the generation backend rollouts use (default: `HFSampler(policy)`); it must sample from `policy`'s
-    weights once `sync_weights(policy.model)` has been called after each optimizer step."""
+    weights once `sync_weights(policy.model)` has been called after an update's optimizer steps."""
 
     def __init__(self, cfg: Config, accelerator=None, policy: Policy | None = None, dataset=None,
                  sampler: Sampler | None = None):
-        from accelerate import Accelerator
-
         self.cfg = cfg
         t = cfg.train
         if t.prompts_per_step < 1 or cfg.rollout.group_size < 1:
@@ -76,7 +78,8 @@ class Trainer:
         if t.keep_freed_memory:
             keep_freed_memory()
         cpu = cfg.model.device == "cpu" or not torch.cuda.is_available()
-        self.acc = accelerator or Accelerator(cpu=cpu, log_with=t.log_with or None, project_dir=t.output_dir)
+        self.acc = accelerator or make_accelerator(cpu, log_with=t.log_with or None, project_dir=t.output_dir)
+        self.dist = Dist(self.acc)
         self.out = Path(t.output_dir)
         self.is_main = self.acc.is_main_process
         seed = t.seed + 1000 * self.acc.process_index
@@ -90,7 +93,16 @@ class Trainer:
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps)
+        if self.dist.sharded and sampler is None:  # sampling reads a full copy, taken before sharding
+            from vlmrl.models.gathered_sampler import GatheredSampler
+
+            sampler = GatheredSampler(self.policy, cfg.hf_sampler, copy_of=self.policy.model, device=self.acc.device)
+        if self.dist.world > 1:  # every forward runs the vision tower (FSDP collectives, DDP gradients)
+            self.keepalive = VisionKeepAlive(self.policy.core)
+        set_wrap_classes(self.acc, self.policy.family)
         self.policy.model, self.optimizer = self.acc.prepare(self.policy.model, self.optimizer)
+        if self.dist.sharded and type(sampler).__name__ == "GatheredSampler":
+            sampler.sync_weights(self.policy.model)  # fills the copy (a collective, on every rank)
         self.ref = None
         if cfg.algo.kl_coef > 0:  # the reference model exists only when its KL is used
             self.ref = Policy.load(cfg.model.path, dtype=cfg.model.dtype, device=str(self.acc.device))
@@ -250,17 +262,22 @@ class Trainer:
                     encoded[id(v)] = pol.codec.encode_image(v)
         return [[encoded[id(v)] for v in row] for row in views]
 
-    def _loss_weights(self, batch: RolloutBatch, idx: list[int]) -> torch.Tensor:
-        """The loss weights of a mini-batch's rows, [N, T] (0 outside `idx`): they sum its aggregated loss."""
-        a = self.cfg.algo
-        agg = a.loss_agg or self.algorithm.loss_agg
+    def _agg(self, batch: RolloutBatch, idx: list[int]):
+        """(aggregation, loss mask, final-turn mask or None) of a mini-batch's rows."""
+        agg = self.cfg.algo.loss_agg or self.algorithm.loss_agg
         mask = batch.take(batch.loss_mask, idx)
-        final = None
-        if agg == "dtpo":
-            final = algos.final_turn_mask(batch.take(batch.turn_ids, idx), mask)
+        final = algos.final_turn_mask(batch.take(batch.turn_ids, idx), mask) if agg == "dtpo" else None
+        return agg, mask, final
+
+    def _loss_weights(self, batch: RolloutBatch, idx: list[int], totals: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss weights of a mini-batch's rows, [N, T] (0 outside `idx`): they sum its aggregated loss.
+        `totals`: the denominators summed over all processes (`algos.loss_totals`); None: this process's own."""
+        a = self.cfg.algo
+        agg, mask, final = self._agg(batch, idx)
         norm = self.cfg.rollout.max_new_tokens * (self.cfg.rollout.max_turns if self.cfg.rollout.mode == "tool" else 1)
         out = torch.zeros(batch.loss_mask.shape, dtype=torch.float32)
-        batch.put(out, idx, algos.loss_weights(mask, agg, norm_len=norm, final_mask=final, alpha=a.alpha))
+        batch.put(out, idx, algos.loss_weights(mask, agg, norm_len=norm, final_mask=final, alpha=a.alpha,
+                                               totals=totals))
         return out
 
     def update(self, batch: RolloutBatch) -> dict:
@@ -279,24 +296,44 @@ class Trainer:
 
         pol.model.train()
         perm_gen = torch.Generator().manual_seed(cfg.train.seed + self.step_idx)
+        stepped = False
+        W = self.dist.world
+        n_mini = math.ceil(n / mini)
+        if W > 1:  # every rank runs as many mini-batches as the rank with the most
+            n_mini = int(self.dist.gather([n_mini]).max())
         for _epoch in range(cfg.train.ppo_epochs):
             order = torch.randperm(n, generator=perm_gen).tolist() if cfg.train.ppo_epochs > 1 or mini < n else list(range(n))
-            for start in range(0, n, mini):
+            for start in range(0, n_mini * mini, mini):
                 idx = order[start:start + mini]
-                n_tok = int(batch.take(batch.loss_mask, idx).sum())
+                chunks = micro_batches(idx, batch.lengths, micro, self._share_groups(batch)) if idx else []
+                n_tok = int(batch.take(batch.loss_mask, idx).sum()) if idx else 0
+                totals, n_chunks = None, len(chunks)
+                if W > 1:  # the global counts: tokens, the aggregation's denominators, and micro-batches
+                    agg, mask, final = self._agg(batch, idx or [0])
+                    local = algos.loss_totals(mask, agg, final) if idx else torch.zeros(2, dtype=torch.float64)
+                    everyone = self.dist.gather([n_tok, *local.tolist(), n_chunks])
+                    n_tok, totals, n_chunks = int(everyone[:, 0].sum()), everyone[:, 1:3].sum(0), int(everyone[:, 3].max())
                 if not n_tok:
                     continue
-                weights = self._loss_weights(batch, idx)
-                chunks = micro_batches(idx, batch.lengths, micro, self._share_groups(batch))
-                for c, chunk in enumerate(chunks):
-                    rows = [idx[k] for k in chunk]
-                    sync = c == len(chunks) - 1
+                # DDP and FSDP average the ranks' gradients: the weights (global denominators) are scaled by W so
+                # that the average is the global loss's gradient; with one process, exactly today's weights
+                weights = self._loss_weights(batch, idx, totals) * W if idx else None
+                for c in range(n_chunks):
+                    real = c < len(chunks)
+                    rows = [idx[k] for k in chunks[c]] if real else [0]  # a padding pass: a real row, weight 0
+                    sync = c == n_chunks - 1
                     ctx = self.acc.no_sync(pol.model) if not sync and self.acc.num_processes > 1 else nullcontext()
                     with ctx:
-                        loss, m = self._micro_loss(batch, rows, batch.take(weights, rows), n_tok, temp)
+                        if real:
+                            loss, m = self._micro_loss(batch, rows, batch.take(weights, rows), n_tok / W, temp)
+                        else:
+                            loss, m = self._micro_loss(batch, rows, torch.zeros_like(batch.take(batch.old_logp, rows)),
+                                                       math.inf, temp)
+                            loss = loss * 0.0
                         self.acc.backward(loss)
-                    for k, v in m.items():
-                        add(k, v)
+                    if real:
+                        for k, v in m.items():
+                            add(k, v)
                 grad_norm = self.acc.clip_grad_norm_(pol.model.parameters(), cfg.train.max_grad_norm)
                 grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
                 add("grad_norm", grad_norm)
@@ -308,7 +345,9 @@ class Trainer:
                     continue
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.sampler.sync_weights(pol.model)
+                stepped = True
+        if stepped:  # once per update, after its last optimizer step: no generation runs in between (under FSDP
+            self.sampler.sync_weights(pol.model)  # the gathered sampler all-gathers the weights here, once per rollout)
         return {k: sums[k] / counts[k] for k in sums if k in counts} | {"_skipped": sums.get("skipped_update", 0.0)}
 
     def _micro_loss(self, batch: RolloutBatch, rows: list[int], w: torch.Tensor, n_tok: int, temp: float):
@@ -329,6 +368,11 @@ class Trainer:
         metrics = {"zero_std_frac": zero_std, **self.sampling_stats} | self.budget.pop_step()
         metrics.update(budget_metrics(self._budgets, total, [t.group_id for t in trajs]))
         if not trajs:
+            if self.dist.world > 1:  # the other ranks are about to train: skipping here would hang their collectives
+                raise RuntimeError(
+                    f"process {self.dist.rank}: no trajectory to train on this step (prompts too long for the length "
+                    f"cap: {self.too_long}, unusable rows: {len(self.stream.skipped)}); with several processes every "
+                    "process must train every step. Raise rollout.max_total_tokens, fix the data, or use one process")
             return metrics | {"skipped_samples": len(self.stream.skipped), "prompts_too_long": self.too_long}, []
         unfinished = ("max_turns", "length") if a.mask_unfinished else ()
         batch = RolloutBatch.from_trajectories(
@@ -389,12 +433,18 @@ class Trainer:
         share their prompt's pass (see `micro_batches`)."""
         groups = self._share_groups(batch)
         out = torch.zeros(batch.old_logp.shape, dtype=torch.float32)
+        chunks = micro_batches(list(range(len(seqs))), batch.lengths, chunk, groups)
+        n_chunks = len(chunks)
+        if self.dist.sharded and policy is self.policy:  # sharded weights: every rank runs as many passes
+            n_chunks = int(self.dist.gather([n_chunks]).max())
         with torch.no_grad():
-            for rows in micro_batches(list(range(len(seqs))), batch.lengths, chunk, groups):
+            for c in range(n_chunks):
+                rows = chunks[c] if c < len(chunks) else [0]
                 mask = batch.take(batch.response_mask, rows)
                 lp = policy.logprobs([seqs[i] for i in rows], mask.to(policy.device), temperature=temp,
                                      share_prefix=groups is not None).cpu()
-                batch.put(out, rows, lp)
+                if c < len(chunks):
+                    batch.put(out, rows, lp)
         return out
 
 
