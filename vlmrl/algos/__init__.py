@@ -22,10 +22,13 @@ from vlmrl.algos.losses import (
     ppo_clip_loss,
     sampled_entropy,
 )
+from vlmrl.algos.mismatch import logp_mismatch, tis_weights
 from vlmrl.algos.papo import double_entropy, perception_kl, random_patch_mask
 from vlmrl.algos.table import ALGORITHMS, Algorithm, check_algorithm
 
 __all__ = [
+    "logp_mismatch",
+    "tis_weights",
     "ALGORITHMS",
     "Algorithm",
     "check_algorithm",

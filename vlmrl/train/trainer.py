@@ -37,7 +37,6 @@ from vlmrl import algos
 from vlmrl.algos.table import check_algorithm
 from vlmrl.config import Config, save_config
 from vlmrl.models.codec import Seq
-from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Sampler
 from vlmrl.rewards.trajectories import score_trajectories
@@ -94,7 +93,14 @@ class Trainer:
 
             dataset = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
         self.stream = PromptStream(dataset, t.seed, self.acc.process_index, self.acc.num_processes, cfg.data.shuffle)
-        self.sampler = sampler if sampler is not None else HFSampler(self.policy, cfg.hf_sampler)
+        if sampler is None:  # rollout.backend: hf (HFSampler) or vllm (colocated or server; the `vllm:` section)
+            from vlmrl.models.samplers import make_sampler
+
+            sampler = make_sampler(self.policy, cfg.rollout.backend, cfg.hf_sampler, cfg.vllm, cfg.rollout,
+                                   model_dir=cfg.model.path,
+                                   weights_dir=cfg.vllm.weights_dir or str(self.out / "vllm_weights"),
+                                   is_main=self.is_main)
+        self.sampler = sampler
         self.engine = RolloutEngine(self.policy, cfg.rollout, sampler=self.sampler)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
         self.mask_gen = torch.Generator().manual_seed(t.seed * 104729 + self.acc.process_index)
@@ -287,7 +293,11 @@ class Trainer:
         batch.advantages = self.advantages(batch, trajs, total, parts)
         times["time/reward"] = time.perf_counter() - t1
         temp = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
-        times["time/old_logp"] = 0.0  # the sampling-time log-probs are the old log-probs
+        times["time/old_logp"] = 0.0  # the sampling-time log-probs are the old log-probs (HF sampler)
+        if cfg.rollout.backend == "vllm" and cfg.vllm.old_logp == "trainer":
+            t2 = time.perf_counter()
+            metrics.update(self._recompute_old_logp(batch, temp))
+            times["time/old_logp"] = time.perf_counter() - t2
         if self.ref is not None:
             t2 = time.perf_counter()
             batch.ref_logp = self._no_grad_logprobs(self.ref, batch.seqs, batch, temp)
@@ -327,6 +337,22 @@ class Trainer:
             t.token_stats = {"advantage": batch.row(batch.advantages, i)}
         self.step_idx += 1
         return metrics, trajs
+
+    def _recompute_old_logp(self, batch: RolloutBatch, temp: float) -> dict:
+        """vLLM backend, `vllm.old_logp: trainer`: the old log-probs become the trainer's (one no-grad pass); the
+        sampler's are compared with them (mismatch/*) and, with `vllm.tis_cap`, give the TIS weights."""
+        sampler_logp = batch.old_logp
+        trainer_logp = self._no_grad_logprobs(self.policy, batch.seqs, batch, temp)
+        gap = algos.logp_mismatch(sampler_logp, trainer_logp, batch.loss_mask)
+        out = {"mismatch/logp_abs_mean": gap["mean"], "mismatch/logp_abs_max": gap["max"]}
+        cap = self.cfg.vllm.tis_cap
+        if cap > 0:
+            batch.tis_weight = algos.tis_weights(trainer_logp, sampler_logp, batch.loss_mask, cap)
+            m = batch.loss_mask.bool()
+            out["mismatch/tis_weight_mean"] = float(batch.tis_weight[m].mean()) if m.any() else 1.0
+            out["mismatch/tis_capped_frac"] = float((batch.tis_weight[m] >= cap).float().mean()) if m.any() else 0.0
+        batch.old_logp = trainer_logp
+        return out
 
     def _share_groups(self, batch: RolloutBatch) -> list[int] | None:
         """Each row's group id when a group's rows share their prompt in the log-prob passes (train.share_prompt)."""
