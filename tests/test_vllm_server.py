@@ -32,8 +32,9 @@ from vlmrl.rollout.engine import RolloutEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = os.environ.get("VLMRL_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
+BUILT = bool(os.environ.get("VLMRL_VLLM_PYTHON")) or (ROOT / ".venv-vllm" / ".vlmrl-setup-stamp").is_file()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not Path(VLLM_PYTHON).is_file(),
+    not (Path(VLLM_PYTHON).is_file() and BUILT),
     reason=f"no vLLM environment at {VLLM_PYTHON}: bash tools/setup_vllm.sh (or set VLMRL_VLLM_PYTHON)")]
 TOL = 0.02  # |log-prob vLLM - log-prob trainer| per token (tests/test_vllm_sampler.py)
 CALL = '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [0, 0, 500, 500]}}</tool_call>'
