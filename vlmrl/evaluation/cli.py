@@ -3,7 +3,7 @@
     vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool | --direct]
                [--recipe RECIPE.yaml] [--samples K] [--limit N] [--out DIR] [--max-new-tokens M]
                [--prompt-style full|compact|minimal|bare] [--batch-size B] [--seed S] [--crop-min-pixels P]
-               [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT]
+               [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT] [--backend hf|vllm] [--vllm-url URL]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
