@@ -8,9 +8,10 @@ from vlmrl.models.sampler import Sampler
 
 def make_sampler(policy, backend: str = "hf", hf_config=None, vllm_config: VLLMConfig | None = None,
                  rollout: RolloutConfig | None = None, model_dir: str | None = None, weights_dir: str | None = None,
-                 is_main: bool = True) -> Sampler:
+                 is_main: bool = True, training: bool = False) -> Sampler:
     """The sampler a recipe asks for: `HFSampler` (backend hf), `VLLMSampler` (vllm, colocated; `model_dir` is the
-    checkpoint vLLM starts from) or `VLLMServerSampler` (vllm, server)."""
+    checkpoint vLLM starts from) or `VLLMServerSampler` (vllm, server). `training`: a colocated vLLM sleeps
+    between rollouts and updates (GPU, `vllm.sleep`)."""
     if backend == "hf":
         from vlmrl.models.hf_sampler import HFSampler
 
@@ -32,4 +33,4 @@ def make_sampler(policy, backend: str = "hf", hf_config=None, vllm_config: VLLMC
         raise ValueError("the colocated vLLM sampler needs the checkpoint directory vLLM starts from")
     from vlmrl.models.vllm_sampler import VLLMSampler
 
-    return VLLMSampler(policy, model_dir, vcfg, rollout)
+    return VLLMSampler(policy, model_dir, vcfg, rollout, sleep_on_release=training)

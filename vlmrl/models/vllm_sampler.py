@@ -109,7 +109,7 @@ class VLLMSampler(Sampler):
     first generate, so a resumed run samples from its checkpoint's weights)."""
 
     def __init__(self, policy, model_dir: str | os.PathLike, cfg: VLLMConfig | None = None,
-                 rollout: RolloutConfig | None = None, engine=None):
+                 rollout: RolloutConfig | None = None, engine=None, sleep_on_release: bool = False):
         from vlmrl.models.vllm_engine import VLLMEngine
 
         self.policy = policy
@@ -117,6 +117,7 @@ class VLLMSampler(Sampler):
         dtype = self.cfg.dtype if self.cfg.dtype != "auto" else _dtype_name(next(policy.model.parameters()).dtype)
         self.engine = engine or VLLMEngine(str(model_dir), engine_settings(self.cfg, rollout, dtype, policy.factor))
         self._stale = policy.model  # the model whose weights the next generate loads
+        self.sleep_on_release = sleep_on_release  # training: free vLLM's GPU memory for the update
         self.sync_seconds = 0.0  # the last reload's
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
@@ -141,8 +142,10 @@ class VLLMSampler(Sampler):
             self._stale = None
 
     def release(self) -> None:
-        """End of a rollout: on a GPU with `vllm.sleep`, vLLM frees its memory for the update."""
-        self.engine.sleep()
+        """End of a rollout: in training (`sleep_on_release`) on a GPU with `vllm.sleep`, vLLM frees its memory
+        for the update (an evaluation's rollouts follow each other: no sleep between them)."""
+        if self.sleep_on_release:
+            self.engine.sleep()
 
 
 # --------------------------------------------------------------------------- server client

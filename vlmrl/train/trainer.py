@@ -99,7 +99,7 @@ class Trainer:
             sampler = make_sampler(self.policy, cfg.rollout.backend, cfg.hf_sampler, cfg.vllm, cfg.rollout,
                                    model_dir=cfg.model.path,
                                    weights_dir=cfg.vllm.weights_dir or str(self.out / "vllm_weights"),
-                                   is_main=self.is_main)
+                                   is_main=self.is_main, training=True)
         self.sampler = sampler
         self.engine = RolloutEngine(self.policy, cfg.rollout, sampler=self.sampler)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
