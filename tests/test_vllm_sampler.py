@@ -191,3 +191,23 @@ def test_tool_rollout_with_a_crop(setup):
         ref = pol.logprobs([seq], mask)[0]
         got = torch.tensor(t.logprobs)
         assert (ref - got)[mask[0].bool()].abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_other_families_tool_rollout(family, tmp_path):
+    """Qwen2-VL (rel1000 boxes) and Qwen3-VL (factor 32, its own processor): vLLM's image tokens equal vlmrl's
+    for the first view and the crop, and the second turn's log-probs are the trainer's."""
+    from vlmrl.models.policy import Policy
+    from vlmrl.models.tiny import make_tiny
+    from vlmrl.models.vllm_sampler import VLLMSampler
+
+    path = make_tiny(family, tmp_path / "m", size="tiny32", seed=0)
+    pol = Policy.load(path, dtype="float32", device="cpu")
+    cfg = RolloutConfig(mode="tool", max_turns=2, max_new_tokens=12, crop_min_pixels=4 * 28 * 28,
+                        crop_max_pixels=224 * 224, first_turn_prefix=CALL)
+    eng = RolloutEngine(pol, cfg, messages_fn=user_only, sampler=VLLMSampler(pol, path, VLLMConfig(), cfg))
+    for t in eng.rollout([make_sample(0)], n_per_prompt=2, generator=torch.Generator().manual_seed(0)):
+        assert [im.kind for im in t.images] == ["input", "crop"] and t.tool_calls[0].valid
+        mask = torch.tensor([t.response_mask]) * (torch.tensor([t.turn_ids]) == 1)
+        ref = pol.logprobs([Seq(t.ids, t.vision)], mask)[0]
+        assert (ref - torch.tensor(t.logprobs))[mask[0].bool()].abs().max().item() < TOL
