@@ -142,6 +142,22 @@ def test_weights_pushed_to_the_server(server):
     assert client.generate([prompt], greedy)[0].ids == before.ids
 
 
+def test_eval_cli_through_a_server(server, tmp_path):
+    """`vlmrl eval --backend vllm --vllm-url URL` (trainer-side environment, no vllm import): the same greedy
+    responses as `--backend hf` on the zoom task in tool mode."""
+    from vlmrl.cli import main
+    from vlmrl.data.synthetic import make_zoom_dataset
+
+    make_zoom_dataset(tmp_path / "z", n=2, n_test=6, seed=0)
+    out = {}
+    for name, extra in (("hf", ["--backend", "hf"]), ("vllm", ["--backend", "vllm", "--vllm-url", server.url])):
+        argv = ["eval", "--task", "zoom", "--data", str(tmp_path / "z" / "test.jsonl"), "--model", str(server.path),
+                "--out", str(tmp_path / name), "--max-new-tokens", "12", "--tool", "--no-progress", *extra]
+        assert main(argv) == 0
+        out[name] = [json.loads(x)["turns"] for x in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+    assert len(out["hf"]) == 6 and sum(a == b for a, b in zip(out["hf"], out["vllm"])) >= 5
+
+
 def test_a_hung_server_is_an_error_within_the_timeout(server):
     prompt, _ = RolloutEngine(server.pol, RolloutConfig(mode="direct"), messages_fn=user_only,
                               sampler=server.client).build_prompt(make_sample(0))
