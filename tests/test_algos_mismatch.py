@@ -65,3 +65,12 @@ def test_server_sampler_without_urls_is_a_clear_error():
 
     with pytest.raises(ValueError, match="needs vllm.server_urls"):
         VLLMServerSampler(VLLMConfig(mode="server"))
+
+
+def test_lora_models_are_refused_by_the_vllm_sync():
+    from types import SimpleNamespace
+
+    from vlmrl.models.vllm_sampler import model_weights
+
+    with pytest.raises(NotImplementedError, match="does not sync LoRA adapters"):
+        model_weights(SimpleNamespace(get_base_model=lambda: None, state_dict=dict))
