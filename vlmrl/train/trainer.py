@@ -3,14 +3,15 @@
 One step, top to bottom (`Trainer.step`):
 1. take B prompts for this process, roll out `samples_per_prompt` samples each (rollout.group_size unless
    overridden; direct or tool mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by
-   default; its `sync_weights` runs after each optimizer step); each prompt occurrence is one group, with its
+   default, or vLLM with `rollout.backend: vllm`; its `sync_weights` runs after each optimizer step); each prompt occurrence is one group, with its
    own group id;
 2. score them (vlmrl.rewards.trajectories), drop groups the filters reject (DAPO dynamic sampling,
    PAPO-D's accuracy window), resampling prompts up to `max_sampling_tries`;
 3. pad the step's trajectories once into a `RolloutBatch` (vlmrl/train/batch.py); advantages per group id,
    as the algorithm table (vlmrl.algos.table) says: GRPO/Dr.GRPO/DAPO/GSPO per sequence, DTPO per token;
 4. old log-probs are the ones recorded at sampling time (the consistency test guarantees they equal a
-   teacher-forced pass), so no extra pass; a reference pass only when `kl_coef > 0`; a masked-image pass
+   teacher-forced pass), so no extra pass (vLLM backend with `vllm.old_logp: trainer`: one no-grad pass
+   recomputes them, the gap to vLLM's is logged and `vllm.tis_cap` weights the loss; docs/vllm.md); a reference pass only when `kl_coef > 0`; a masked-image pass
    only for PAPO;
 5. updates: the batch is split into mini-batches (one optimizer step each) and micro-batches (gradient
    accumulation, row slices of the batch; their loss terms: vlmrl/train/loss.py); loss weights are computed
