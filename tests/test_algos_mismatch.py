@@ -67,10 +67,28 @@ def test_server_sampler_without_urls_is_a_clear_error():
         VLLMServerSampler(VLLMConfig(mode="server"))
 
 
-def test_lora_models_are_refused_by_the_vllm_sync():
-    from types import SimpleNamespace
+def test_lora_weights_for_vllm_are_the_merged_model(tiny_dirs):
+    """A LoRA policy's weights for vLLM (vlmrl/models/vllm_sampler.py:merged_lora_weights): the plain model's names,
+    the values of peft's merge_and_unload (W + BA), and the trained model left as it was (adapters unmerged)."""
+    import copy
 
+    pytest.importorskip("peft", reason="the lora extra (peft) is not installed")
+    from vlmrl.models.policy import Policy
     from vlmrl.models.vllm_sampler import model_weights
 
-    with pytest.raises(NotImplementedError, match="does not sync LoRA adapters"):
-        model_weights(SimpleNamespace(get_base_model=lambda: None, state_dict=dict))
+    pol = Policy.load(tiny_dirs["qwen2_5_vl"], dtype="float32", device="cpu", lora={"r": 4, "alpha": 8})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    before = {k: v.clone() for k, v in pol.model.state_dict().items()}
+    got = dict(model_weights(pol.model))
+    merged = copy.deepcopy(pol.model).merge_and_unload().state_dict()
+    assert set(got) == set(merged) == set(Policy.load(tiny_dirs["qwen2_5_vl"], dtype="float32",
+                                                      device="cpu").core.state_dict())
+    assert max((got[k] - merged[k]).abs().max().item() for k in got) < 1e-6
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert (got[q] - before[f"base_model.model.{q.replace('.weight', '.base_layer.weight')}"]).abs().max() > 1e-3
+    after = pol.model.state_dict()
+    assert max((after[k] - before[k]).abs().max().item() for k in before) < 1e-6

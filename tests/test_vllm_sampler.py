@@ -219,3 +219,28 @@ def test_other_families_tool_rollout(family, tmp_path):
         mask = torch.tensor([t.response_mask]) * (torch.tensor([t.turn_ids]) == 1)
         ref = pol.logprobs([Seq(t.ids, t.vision)], mask)[0]
         assert (ref - torch.tensor(t.logprobs))[mask[0].bool()].abs().max().item() < TOL
+
+
+def test_lora_policy_sync(setup):
+    """A LoRA policy (model.lora_r): vLLM gets the merged weights W + BA after a sync, so its log-probs are the
+    trainer's (peft forward) within TOL and the adapters change what it samples."""
+    pytest.importorskip("peft", reason="the lora extra (peft) is not installed")
+    from vlmrl.models.policy import Policy
+    from vlmrl.models.vllm_sampler import VLLMSampler
+
+    pol = Policy.load(setup.path, dtype="float32", device="cpu", lora={"r": 4, "alpha": 8})
+    s = VLLMSampler(pol, setup.path, VLLMConfig(), setup.rollout)
+    prompt = direct_prompt(setup)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    (before,) = s.generate([prompt], greedy)  # B = 0: the base model's tokens
+    assert before.ids == setup.sampler.generate([prompt], greedy)[0].ids
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    s.sync_weights(pol.model)
+    (after,) = s.generate([prompt], greedy)
+    assert after.ids != before.ids
+    ref = trainer_logprobs(pol, prompt, after.ids)
+    assert (ref - torch.tensor(after.logprobs)).abs().max().item() < TOL

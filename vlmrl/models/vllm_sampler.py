@@ -43,12 +43,26 @@ class SamplerUnavailable(RuntimeError):
 
 def model_weights(model) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of a trained HF Qwen-VL model in checkpoint naming: the unwrapped model's state dict,
-    tied weights under each of their names (vLLM's in-place reload wants the output head's too)."""
+    tied weights under each of their names (vLLM's in-place reload wants the output head's too). A LoRA (peft)
+    model gives its merged weights (`merged_lora_weights`)."""
     core = getattr(model, "module", model)
-    if hasattr(core, "get_base_model") or hasattr(core, "peft_config"):
-        raise NotImplementedError("the vLLM backend does not sync LoRA adapters yet: train without model.lora_r, "
-                                  "or use rollout.backend: hf")
+    if hasattr(core, "merge_adapter") and hasattr(core, "get_base_model"):
+        return merged_lora_weights(core)
     return [(name, t.detach()) for name, t in core.state_dict().items()]
+
+
+def merged_lora_weights(peft_model) -> list[tuple[str, torch.Tensor]]:
+    """The weights W + BA of a peft LoRA model under the base model's checkpoint names (copies): the adapters are
+    merged, the base model's state dict read without its `lora_*` entries and with `.base_layer.` dropped from
+    the names, and the adapters unmerged again, as TRL's GRPOTrainer does before it loads weights into vLLM
+    (`merge_adapter()` ... `unmerge_adapter()`)."""
+    with torch.no_grad():
+        peft_model.merge_adapter()
+        try:
+            return [(name.replace(".base_layer.", "."), t.detach().clone())
+                    for name, t in peft_model.get_base_model().state_dict().items() if ".lora_" not in name]
+        finally:
+            peft_model.unmerge_adapter()
 
 
 def safetensors_dict(weights) -> dict[str, torch.Tensor]:
@@ -133,7 +147,6 @@ class VLLMSampler(Sampler):
 
     def sync_weights(self, model) -> None:
         """The next generate reloads `model`'s weights (so a run of optimizer steps costs one reload)."""
-        model_weights(model)  # a clear error now for a model the engine cannot take (LoRA)
         self._stale = model
 
     def _load_if_stale(self) -> None:
