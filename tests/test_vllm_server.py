@@ -228,6 +228,37 @@ def test_server_dies_mid_run_checkpoint_kept_and_resume(server, tmp_path, monkey
     assert latest_checkpoint(out).name == "step-000003"
 
 
+def test_two_trainer_processes_share_a_server(server, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo on CPU) with one server: each process samples its own groups
+    through it, the main process pushes the weights after each optimizer step and the other waits at a barrier
+    (the server reloads once at the start and once per step), and the run ends."""
+    import socket
+    import sys
+
+    from vlmrl.data.synthetic import make_zoom_dataset
+    from vlmrl.models.vllm_sampler import call
+    from vlmrl.train.metrics import read_metrics
+
+    make_zoom_dataset(tmp_path / "z", n=8, n_test=2, seed=0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    reloads = call(server.url, "/health")["reloads"]
+    env = dict(os.environ, VLMRL_NO_PROGRESS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(port), "-m", "vlmrl.cli", "train", str(ROOT / "recipes" / "grpo.yaml"),
+                        f"model.path={server.path}", f"data.train={tmp_path / 'z' / 'train.jsonl'}",
+                        f"train.output_dir={tmp_path / 'run'}", "train.steps=2", "train.prompts_per_step=2",
+                        "rollout.group_size=2", "rollout.max_new_tokens=6", "model.dtype=float32", "model.device=cpu",
+                        "train.plot=false", "rollout.backend=vllm", "vllm.mode=server",
+                        f"vllm.server_urls=[{server.url}]", "vllm.timeout=60"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [x["step"] for x in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert call(server.url, "/health")["reloads"] == reloads + 3
+
+
 def test_a_dead_server_is_an_error(server):
     prompt, _ = RolloutEngine(server.pol, RolloutConfig(mode="direct"), messages_fn=user_only,
                               sampler=server.client).build_prompt(make_sample(0))
