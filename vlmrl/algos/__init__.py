@@ -31,6 +31,7 @@ from vlmrl.algos.losses import (
     ppo_clip_loss,
     sampled_entropy,
 )
+from vlmrl.algos.mismatch import logp_mismatch, tis_weights
 from vlmrl.algos.papo import double_entropy, perception_kl, random_patch_mask
 from vlmrl.algos.shaping import overlong_penalty
 from vlmrl.algos.table import ALGORITHMS, Algorithm, check_algorithm
@@ -43,6 +44,8 @@ __all__ = [
     "part_group_std",
     "signal_group_std",
     "variance_shares",
+    "logp_mismatch",
+    "tis_weights",
     "ALGORITHMS",
     "Algorithm",
     "check_algorithm",

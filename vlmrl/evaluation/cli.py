@@ -3,7 +3,7 @@
     vlmrl eval --task chartqa --data data/benchmarks/chartqa --model runs/x/final [--tool | --direct]
                [--recipe RECIPE.yaml] [--samples K] [--limit N] [--out DIR] [--max-new-tokens M]
                [--prompt-style full|compact|minimal|bare] [--batch-size B] [--seed S] [--crop-min-pixels P]
-               [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT]
+               [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT] [--backend hf|vllm] [--vllm-url URL]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
@@ -59,6 +59,12 @@ def add_args(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="docs per rollout batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--backend", default=None, choices=("hf", "vllm"),
+                        help="sampler: hf (the model's own) or vllm (default: the recipe's rollout.backend, else hf); "
+                             "vllm runs colocated unless --vllm-url is given (docs/vllm.md)")
+    parser.add_argument("--vllm-url", action="append", default=None,
+                        help="with --backend vllm: a running `python -m vlmrl.models.vllm_server` serving this "
+                             "--model (repeat for several)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -113,7 +119,29 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = Policy.load(model, dtype="float32" if device == "cpu" else "auto", device=device)
     out = Path(args.out) if args.out else Path("eval_out") / task.name
-    result = evaluate(task, docs, policy, out, settings, progress=not args.no_progress)
+    result = evaluate(task, docs, policy, out, settings, progress=not args.no_progress,
+                      sampler=eval_sampler(args, policy, settings, model))
     print(json.dumps(result, indent=2))
     print(f"wrote {out / 'samples.jsonl'}, {out / 'traces.jsonl'}, {out / 'results.json'}")
     return 0
+
+
+def eval_sampler(args, policy, settings, model: Path):
+    """The sampler of ``--backend`` (else the recipe's ``rollout.backend``): None for the HF sampler (the harness
+    makes it), a vLLM sampler otherwise (server mode with ``--vllm-url``; else the recipe's ``vllm:`` section)."""
+    from dataclasses import replace as _replace
+
+    from vlmrl.config import VLLMConfig, load_config
+
+    recipe = load_config(args.recipe) if args.recipe else None
+    backend = args.backend or (recipe.rollout.backend if recipe else "hf")
+    if backend == "hf":
+        if args.vllm_url:
+            raise ValueError("--vllm-url needs --backend vllm")
+        return None
+    from vlmrl.models.samplers import make_sampler
+
+    vcfg = recipe.vllm if recipe else VLLMConfig()
+    if args.vllm_url:
+        vcfg = _replace(vcfg, mode="server", server_urls=list(args.vllm_url))
+    return make_sampler(policy, "vllm", vllm_config=vcfg, rollout=settings.engine_config(), model_dir=str(model))

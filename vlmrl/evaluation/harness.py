@@ -302,8 +302,9 @@ def _decodable(task, batch: list[dict], skipped: list[str]) -> tuple[list[dict],
 
 
 def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: EvalSettings,
-             progress: bool = True) -> dict:
-    """Roll out and score every doc not already in ``out_dir/samples.jsonl``; write results.json."""
+             progress: bool = True, sampler=None) -> dict:
+    """Roll out and score every doc not already in ``out_dir/samples.jsonl``; write results.json (``sampler``: the
+    generation backend, default a new ``HFSampler(policy)``)."""
     from tqdm import tqdm
 
     from vlmrl.rollout.trajectory import save_traces
@@ -322,7 +323,7 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
         traces_path.unlink()
     todo = [d for d in docs if d["doc_id"] not in done]
 
-    engine = make_engine(policy, settings, messages_fn_for(task))
+    engine = make_engine(policy, settings, messages_fn_for(task), sampler=sampler)
     cfg = engine.cfg
     K = settings.samples
     bar = tqdm(total=len(docs), initial=len(done), desc=f"eval {task.name}", unit="doc", disable=not progress,

@@ -38,6 +38,36 @@ class QwenVLImageProcessor(Qwen2VLProcessor):
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as transformers does, plus a video processor config beside the image processor's (see
+        `write_video_processor_config`), so the stock Qwen-VL processor (vLLM's) also loads the checkpoint."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_video_processor_config(save_directory, self.image_processor)
+        return out
+
+
+VIDEO_CONFIG = "video_preprocessor_config.json"
+
+
+def write_video_processor_config(out: str | Path, image_processor=None) -> Path:
+    """Write `video_preprocessor_config.json` into checkpoint `out`, matching its image processor (patch, merge,
+    normalisation; read from `out` when not given). vlmrl never processes videos; the stock Qwen-VL processors
+    that vLLM loads refuse a checkpoint without it. Written as JSON, since the video processor classes import
+    torchvision. The image processor, and so everything vlmrl computes, is unchanged."""
+    import json
+
+    out = Path(out)
+    if image_processor is None:
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(out), local_files_only=True)
+    ip = image_processor
+    cls = "Qwen3VLVideoProcessor" if ip.patch_size == get_family("qwen3_vl").patch else "Qwen2VLVideoProcessor"
+    cfg = {"video_processor_type": cls, "patch_size": ip.patch_size, "merge_size": ip.merge_size,
+           "temporal_patch_size": ip.temporal_patch_size, "image_mean": list(ip.image_mean),
+           "image_std": list(ip.image_std)}
+    path = out / VIDEO_CONFIG
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
 
 def _register() -> None:
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig

@@ -5,8 +5,9 @@ chat template) that `transformers` loads with `from_pretrained` and no hub acces
 byte-level BPE trained here on a small built-in corpus, with Qwen's special tokens and tool/think/answer
 tags, so any text round-trips. The same seed gives byte-identical weights.
 
-Sizes: `tiny` (LM hidden 64, 2 layers; for tests) and `small` (LM hidden 256, 4 layers, a few million
-parameters; the demo model).
+Sizes: `tiny` (LM hidden 64, 2 layers; for tests), `tiny32` (the same with 2 attention heads of size 32: vLLM's
+CPU attention needs a head size of at least 32; the vLLM tests' model) and `small` (LM hidden 256, 4 layers, a
+few million parameters; the demo model).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SIZES = {
     #          LM hidden, layers, heads, kv heads, mlp, vocab, vision hidden, vision layers, vision heads
     "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=640, v_hidden=32, v_layers=2, v_heads=2),
+    "tiny32": dict(hidden=64, layers=2, heads=2, kv_heads=1, mlp=128, vocab=640, v_hidden=32, v_layers=2, v_heads=2),
     "small": dict(hidden=256, layers=4, heads=4, kv_heads=2, mlp=768, vocab=2048, v_hidden=128, v_layers=4, v_heads=4),
 }
 
@@ -174,7 +176,7 @@ def make_tiny(family: str, out: str | os.PathLike, size: str = "tiny", seed: int
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=FAMILIES, default="qwen2_5_vl", help="model family (default qwen2_5_vl)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--size", choices=tuple(SIZES), default="tiny", help="tiny (tests) or small (demo)")
+    p.add_argument("--size", choices=tuple(SIZES), default="tiny", help="tiny (tests), tiny32 (vLLM tests: head size 32) or small (demo)")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
 
 

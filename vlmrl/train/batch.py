@@ -51,6 +51,7 @@ class RolloutBatch:
     ref_logp: torch.Tensor | None = None  # [N, T] float32: the reference model's (kl_coef > 0)
     masked_logp: torch.Tensor | None = None  # [N, T] float32: PAPO's masked-image pass without grad
     masked_vision: list | None = field(default=None, repr=False)  # PAPO: per row, the masked images' inputs
+    tis_weight: torch.Tensor | None = None  # [N, T] float32: truncated importance weights (vllm.tis_cap)
 
     @classmethod
     def from_trajectories(cls, trajs: list, keep_row: list[bool]) -> "RolloutBatch":

@@ -28,6 +28,8 @@ def micro_batch_loss(policy: Policy, a: AlgoConfig, level: str, batch: RolloutBa
     adv = batch.take(batch.advantages, rows).to(dev)
     w = w.to(dev)
     per_tok, m = algos.token_policy_loss(logp, old, adv, maskd, a.clip_low, a.clip_high, a.dual_clip, level)
+    if batch.tis_weight is not None:  # sampler/trainer mismatch correction (vlmrl/algos/mismatch.py)
+        per_tok = per_tok * batch.take(batch.tis_weight, rows).to(dev)
     pg = algos.weighted_sum(per_tok, w)
     loss = pg
     frac = float(maskd.sum()) / n_tok if n_tok else 0.0  # token-mean terms: exact over micro-batches (and ranks)

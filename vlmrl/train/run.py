@@ -225,7 +225,8 @@ def _leave_process_group() -> None:
 
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    # world size 1: not accelerate's group but the colocated vLLM engine's, which vLLM tears down itself
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gc.collect()  # run_training's DDP wrapper holds the group
         dist.barrier()
         dist.destroy_process_group()

@@ -3,14 +3,16 @@
 One step, top to bottom (`Trainer.step`):
 1. take B prompts for this process, roll out `samples_per_prompt` samples each (rollout.group_size, or Knapsack
    RL's per-prompt share of B x group_size with algo.budget=knapsack: vlmrl/train/budget.py; direct or tool
-   mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by default; its `sync_weights` runs
-   after the update's last optimizer step); each prompt occurrence is one group, with its own group id;
+   mode) through the sampler (`vlmrl.models.sampler.Sampler`, `HFSampler` by default, or vLLM with
+   `rollout.backend: vllm`; its `sync_weights` runs after the update's last optimizer step); each prompt
+   occurrence is one group, with its own group id;
 2. score them (vlmrl.rewards.trajectories), drop groups the filters reject (DAPO dynamic sampling,
    PAPO-D's accuracy window), resampling prompts up to `max_sampling_tries`;
 3. pad the step's trajectories once into a `RolloutBatch` (vlmrl/train/batch.py); advantages per group id,
    as the algorithm table (vlmrl.algos.table) says: GRPO/Dr.GRPO/DAPO/GSPO per sequence, DTPO per token;
 4. old log-probs are the ones recorded at sampling time (the consistency test guarantees they equal a
-   teacher-forced pass), so no extra pass; a reference pass only when `kl_coef > 0`; a masked-image pass
+   teacher-forced pass), so no extra pass (vLLM backend with `vllm.old_logp: trainer`: one no-grad pass
+   recomputes them, the gap to vLLM's is logged and `vllm.tis_cap` weights the loss; docs/vllm.md); a reference pass only when `kl_coef > 0`; a masked-image pass
    only for PAPO;
 5. updates: the batch is split into mini-batches (one optimizer step each) and micro-batches (gradient
    accumulation, row slices of the batch; their loss terms: vlmrl/train/loss.py); loss weights are computed
@@ -41,7 +43,6 @@ from vlmrl.algos.table import check_algorithm
 from vlmrl.config import Config, save_config
 from vlmrl.data.images import resample_filter
 from vlmrl.models.codec import Seq
-from vlmrl.models.hf_sampler import HFSampler
 from vlmrl.models.policy import Policy
 from vlmrl.models.sampler import Sampler
 from vlmrl.rewards.compose import ComposedReward
@@ -93,6 +94,9 @@ class Trainer:
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, t.lr_schedule, t.warmup_steps, t.steps)
+        if self.dist.sharded and sampler is None and cfg.rollout.backend == "vllm":
+            raise ValueError("rollout.backend=vllm under FSDP is not supported yet (the weight push needs a gathered "
+                             "state dict): train with DDP (recipes/accelerate/ddp.yaml) or the HF sampler under FSDP")
         if self.dist.sharded and sampler is None:  # sampling reads a full copy, taken before sharding
             from vlmrl.models.gathered_sampler import GatheredSampler
 
@@ -112,7 +116,14 @@ class Trainer:
 
             dataset = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
         self.stream = PromptStream(dataset, t.seed, self.acc.process_index, self.acc.num_processes, cfg.data.shuffle)
-        self.sampler = sampler if sampler is not None else HFSampler(self.policy, cfg.hf_sampler)
+        if sampler is None:  # rollout.backend: hf (HFSampler) or vllm (colocated or server; the `vllm:` section)
+            from vlmrl.models.samplers import make_sampler
+
+            sampler = make_sampler(self.policy, cfg.rollout.backend, cfg.hf_sampler, cfg.vllm, cfg.rollout,
+                                   model_dir=cfg.model.path,
+                                   weights_dir=cfg.vllm.weights_dir or str(self.out / "vllm_weights"),
+                                   is_main=self.is_main, training=True)
+        self.sampler = sampler
         self.engine = RolloutEngine(self.policy, cfg.rollout, sampler=self.sampler)
         self.gen = torch.Generator().manual_seed(t.seed * 7919 + self.acc.process_index)
         self.mask_gen = torch.Generator().manual_seed(t.seed * 104729 + self.acc.process_index)
@@ -381,7 +392,11 @@ class Trainer:
         batch.advantages = self.advantages(batch, trajs, total, parts)
         times["time/reward"] = time.perf_counter() - t1
         temp = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
-        times["time/old_logp"] = 0.0  # the sampling-time log-probs are the old log-probs
+        times["time/old_logp"] = 0.0  # the sampling-time log-probs are the old log-probs (HF sampler)
+        if cfg.rollout.backend == "vllm" and cfg.vllm.old_logp == "trainer":
+            t2 = time.perf_counter()
+            metrics.update(self._recompute_old_logp(batch, temp))
+            times["time/old_logp"] = time.perf_counter() - t2
         if self.ref is not None:
             t2 = time.perf_counter()
             batch.ref_logp = self._no_grad_logprobs(self.ref, batch.seqs, batch, temp)
@@ -422,6 +437,22 @@ class Trainer:
             t.token_stats = {"advantage": batch.row(batch.advantages, i)}
         self.step_idx += 1
         return metrics, trajs
+
+    def _recompute_old_logp(self, batch: RolloutBatch, temp: float) -> dict:
+        """vLLM backend, `vllm.old_logp: trainer`: the old log-probs become the trainer's (one no-grad pass); the
+        sampler's are compared with them (mismatch/*) and, with `vllm.tis_cap`, give the TIS weights."""
+        sampler_logp = batch.old_logp
+        trainer_logp = self._no_grad_logprobs(self.policy, batch.seqs, batch, temp)
+        gap = algos.logp_mismatch(sampler_logp, trainer_logp, batch.loss_mask)
+        out = {"mismatch/logp_abs_mean": gap["mean"], "mismatch/logp_abs_max": gap["max"]}
+        cap = self.cfg.vllm.tis_cap
+        if cap > 0:
+            batch.tis_weight = algos.tis_weights(trainer_logp, sampler_logp, batch.loss_mask, cap)
+            m = batch.loss_mask.bool()
+            out["mismatch/tis_weight_mean"] = float(batch.tis_weight[m].mean()) if m.any() else 1.0
+            out["mismatch/tis_capped_frac"] = float((batch.tis_weight[m] >= cap).float().mean()) if m.any() else 0.0
+        batch.old_logp = trainer_logp
+        return out
 
     def _share_groups(self, batch: RolloutBatch) -> list[int] | None:
         """Each row's group id when a group's rows share their prompt in the log-prob passes (train.share_prompt)."""
