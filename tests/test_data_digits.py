@@ -110,3 +110,13 @@ def test_the_installed_scikit_learn_digits(tmp_path):
     digits, _ = read_digits(__import__("vlmrl.data.digits", fromlist=["find_source"]).find_source())
     assert len(digits) == 1797 and {lab for _, lab in digits} == set(range(10))
     assert digit_image(digits[0][0], 112).size == (112, 112)
+
+
+def test_digits_recipe_loads_with_a_periodic_eval_and_enough_pixels():
+    from pathlib import Path
+
+    from vlmrl.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml")
+    assert cfg.rollout.mode == "direct" and cfg.train.eval_every > 0 and cfg.data.eval
+    assert cfg.rollout.image_max_pixels >= 112 * 112  # the default 112-px images keep their 16 visual tokens
