@@ -266,7 +266,7 @@ class HealthConfig:
 
     enabled: bool = True
     eval_window: int = 3  # reward up / held-out accuracy down over the last this many periodic evals
-    min_eval_drop: float = 0.02
+    min_eval_drop: float = 0.05  # a 64-sample eval has a standard error of ~6 points: smaller drops are mostly noise
     min_reward_rise: float = 0.02
     zero_std_frac: float = 0.9  # zero-std groups at or above this fraction ...
     zero_std_steps: int = 5  # ... for this many steps in a row

@@ -5,7 +5,7 @@ flagged in metrics.jsonl at every step (``health/<check>`` = 1 while it holds, 0
 flag                       holds when (thresholds: ``train.health.*``, defaults in brackets)
 =========================  ===================================================================
 health/reward_up_eval_down over the last ``eval_window`` [3] periodic evals (train.eval_every) the
-                           held-out ``eval/accuracy`` fell by >= ``min_eval_drop`` [0.02] while the
+                           held-out ``eval/accuracy`` fell by >= ``min_eval_drop`` [0.05] while the
                            training reward (the mean of ``reward/mean`` over the steps since the
                            previous eval) rose by >= ``min_reward_rise`` [0.02]: the policy is
                            learning the reward, not the task (reward hacking, format share,
