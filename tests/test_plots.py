@@ -104,3 +104,23 @@ def test_budget_panel_draws_rollouts_per_prompt():
     assert budget["budget/rollouts_max"] == ([1, 2, 3, 4, 5, 6], [9.0, 10.0, 11.0, 12.0, 13.0, 14.0])
     assert "groups/nonzero_std" in panel_series(by_name["rollout"], rows)
     # (budget.png itself is drawn in test_papo_run_has_all_panels_and_tolerates_resume_and_cut_line)
+
+
+def test_heldout_accuracy_next_to_the_reward(tmp_path):
+    """The periodic eval's `eval/accuracy` (vlmrl/train/run.py: evaluate) is drawn in the reward panel and
+    in the accuracy panel, at the steps it was measured, so a rising reward with a falling score shows."""
+    from vlmrl.plots import panel_series
+
+    rows = {r["step"]: r for r in _rows(6)}
+    for s in (2, 4, 6):
+        rows[s].update({"eval/accuracy": 0.5 - 0.05 * s, "eval/accuracy_zoom": 0.4, "eval/tool_call_rate": 0.3})
+    by_name = {p.name: p for p in PANELS}
+    reward = panel_series(by_name["reward"], rows)
+    assert set(reward) == {"reward/mean", "eval/accuracy"}
+    assert reward["eval/accuracy"] == ([2, 4, 6], [pytest.approx(0.4), pytest.approx(0.3), pytest.approx(0.2)])
+    acc = panel_series(by_name["accuracy"], rows)
+    assert set(acc) == {"accuracy", "eval/accuracy", "eval/accuracy_zoom"}  # not eval/tool_call_rate
+    run = tmp_path / "run"
+    _write(run, list(rows.values()))
+    paths = {p.stem: p for p in plot_run(run)}
+    _check_png(paths["reward"])

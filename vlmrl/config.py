@@ -294,6 +294,26 @@ class SFTConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Degenerate-run warnings (vlmrl/train/health.py): one warning on stderr each, flags in metrics.jsonl."""
+
+    enabled: bool = True
+    eval_window: int = 3  # reward up / held-out accuracy down over the last this many periodic evals
+    min_eval_drop: float = 0.05  # a 64-sample eval has a standard error of ~6 points: smaller drops are mostly noise
+    min_reward_rise: float = 0.02
+    zero_std_frac: float = 0.9  # zero-std groups at or above this fraction ...
+    zero_std_steps: int = 5  # ... for this many steps in a row
+    entropy_ratio: float = 0.2  # entropy below this fraction of its start ...
+    entropy_steps: int = 3  # ... (means over the first and the last this many steps)
+
+    def __post_init__(self):
+        if self.eval_window < 2:
+            raise ConfigError(f"train.health.eval_window must be >= 2 (evals compared), got {self.eval_window}")
+        if self.zero_std_steps < 1 or self.entropy_steps < 1:
+            raise ConfigError("train.health.zero_std_steps and entropy_steps must be >= 1")
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/grpo"
     steps: int = 10
@@ -322,6 +342,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 3  # this many NaN/inf steps in a row stop the run
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     plot: bool = True  # write plots/*.png at the end
+    health: HealthConfig = field(default_factory=HealthConfig)  # degenerate-run warnings
 
 
 @dataclass

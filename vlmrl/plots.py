@@ -1,7 +1,7 @@
 """`vlmrl plot RUN_DIR`: training curves from RUN_DIR/metrics.jsonl as PNG files in RUN_DIR/plots/.
 
-One PNG per panel (`reward.png` with per-part rewards and a +-std band, `reward_share.png` (each reward part's
-share of the advantage variance), `reward_group_std.png`, `accuracy.png`, `tool.png`,
+One PNG per panel (`reward.png` with per-part rewards, a +-std band and the periodic held-out `eval/accuracy`, `reward_share.png` (each reward part's
+share of the advantage variance), `reward_group_std.png`, `accuracy.png` (training and held-out), `tool.png`,
 `visual_tokens.png`, `ref_kl.png`, `perception_kl.png`, `entropy.png`, `clip.png`, `advantage.png`,
 `loss.png`, `grad_norm.png`, `response_length.png`, `rollout.png` (zero-std groups, truncation, groups with a
 gradient), `budget.png` (rollouts per prompt: min, mean +- std, max; Knapsack RL), `lr.png`,
@@ -33,11 +33,14 @@ class Panel:
 
 # `X/mean` with a matching `X/std` is drawn with a +-1 std band (reward/mean, reward/<part>/mean, adv/mean).
 PANELS = (
-    Panel("reward", "reward", ("reward/mean",), ("reward/",)),
+    # the periodic held-out eval (train.eval_every) sits next to the training reward, so a rising reward
+    # with a falling held-out score shows at once
+    Panel("reward", "reward and held-out accuracy", ("reward/mean", "eval/accuracy"), ("reward/",)),
     # composed rewards (vlmrl/rewards/compose.py): each part's share of the advantage variance, its group std
     Panel("reward_share", "share of the advantage variance by reward part", (), ("adv_share/",), ylabel="fraction"),
     Panel("reward_group_std", "within-group std by reward part", (), ("reward_group_std/",)),
-    Panel("accuracy", "accuracy", ("accuracy",), ("accuracy/",), ylabel="fraction"),
+    Panel("accuracy", "accuracy: training rollouts and held-out eval", ("accuracy", "eval/accuracy"),
+          ("accuracy/", "eval/accuracy_"), ylabel="fraction"),
     Panel("tool", "tool calls", ("tool/call_rate", "tool/failure_rate"), ("tool/",), ylabel="fraction"),
     Panel("visual_tokens", "visual tokens per sample", ("visual_tokens_per_sample",), ("visual_tokens/",)),
     Panel("ref_kl", "reference KL", ("ref_kl",), ("ref_kl/", "kl/")),
@@ -118,7 +121,7 @@ def panel_series(panel: Panel, rows: dict[int, dict]) -> dict[str, tuple[list[in
 
 def _draw(ax, panel: Panel, series: dict, rows: dict[int, dict]) -> None:
     for k, (xs, ys) in series.items():
-        marker = "o" if len(xs) < 30 else None
+        marker = "o" if len(xs) < 30 or k.startswith("eval/") else None  # sparse eval points stay visible
         (line,) = ax.plot(xs, ys, label=k, marker=marker, markersize=3, linewidth=1.4)
         std_key = k[:-5] + "/std" if k.endswith("/mean") else None
         if std_key:

@@ -96,7 +96,7 @@ STRIPE_UNIT = 10
 # corners: the tag sits near one of the 4 corners (coarse location); fixed: always in the bottom-right corner
 TAG_LAYOUTS = ("anywhere", "corners", "fixed")
 DEFAULT_CATEGORIES = ("big_color", "big_shape", "big_count", "tag_digit", "tag_digit_choice", "tag_letter")
-TASKS = ("zoom",)
+TASKS = ("zoom", "digits")  # digits: real handwritten digits from scikit-learn (vlmrl/data/digits.py)
 
 
 @dataclass(frozen=True)
@@ -462,17 +462,23 @@ def _parse_size(text: str) -> tuple[int, int]:
 def add_args(parser) -> None:
     parser.add_argument("kind", help=f"task kind: {', '.join(TASKS)}")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--n", type=int, default=200, help="number of train samples (default 200)")
-    parser.add_argument("--n-test", type=int, default=50, help="number of held-out test samples (default 50)")
+    parser.add_argument("--n", type=int, default=None, help="number of train samples (default 200; digits 600)")
+    parser.add_argument("--n-test", type=int, default=None,
+                        help="number of held-out test samples (default 50; digits 200)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed gives byte-identical files")
-    parser.add_argument("--image-size", default="224", help="image size N or WxH, even sides (default 224)")
+    parser.add_argument("--image-size", default=None,
+                        help="image size N or WxH, even sides (default 224; digits: N, default 112)")
     parser.add_argument("--zoom-fraction", type=float, default=0.5,
                         help="fraction of questions about the tiny tag (need zoom); default 0.5")
     parser.add_argument("--detail-style", default="emboss", choices=sorted(DETAIL_STYLES),
                         help="how the tag symbol is drawn: emboss (erased exactly at half resolution, default) "
                              "or solid (a plain tiny glyph, only blurred)")
     parser.add_argument("--categories", default=None,
-                        help=f"comma-separated subset of question kinds ({', '.join(CATEGORIES)}; default: all but tag_color)")
+                        help=f"comma-separated subset of question kinds ({', '.join(CATEGORIES)}; default: all but "
+                             "tag_color; digits: digit, parity, greater, default all)")
+    parser.add_argument("--source", default=None,
+                        help="digits only: scikit-learn's digits.csv.gz or a scikit_learn-*.whl (default: the "
+                             "installed scikit-learn's copy)")
     parser.add_argument("--symbols", default="",
                         help="restrict the tag symbols to these characters, e.g. 0147 (default: all digits and "
                              f"letters {''.join(GLYPHS)})")
@@ -500,8 +506,14 @@ def _usage_error(message: str) -> Exception:
 def run(args) -> int:
     if args.kind not in TASKS:
         raise _usage_error(f"unknown task kind {args.kind!r}; available: {', '.join(TASKS)}")
+    if args.kind == "digits":
+        return _run_digits(args)
+    if args.source:
+        raise _usage_error("--source is for make-data digits")
+    args.n = 200 if args.n is None else args.n
+    args.n_test = 50 if args.n_test is None else args.n_test
     try:
-        size = _parse_size(args.image_size)
+        size = _parse_size(args.image_size or "224")
         cats = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else DEFAULT_CATEGORIES
         syms = tuple(c for c in args.symbols.replace(",", "").upper() if not c.isspace())
         cfg = ZoomConfig(image_size=size, zoom_fraction=args.zoom_fraction, detail_style=args.detail_style,
@@ -512,4 +524,22 @@ def run(args) -> int:
         raise _usage_error(str(e)) from None
     print(f"wrote {info['n']} train and {info['n_test']} test samples ({size[0]}x{size[1]}, "
           f"{', '.join(cfg.categories)}) to {args.out}: train.jsonl, test.jsonl, images/, info.json")
+    return 0
+
+
+def _run_digits(args) -> int:
+    from vlmrl.data.digits import KINDS, make_digits_dataset
+
+    try:
+        kinds = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else KINDS
+        size = int(args.image_size) if args.image_size else 112
+        info = make_digits_dataset(args.out, n=600 if args.n is None else args.n,
+                                   n_test=200 if args.n_test is None else args.n_test, seed=args.seed, kinds=kinds,
+                                   image_size=size, source=args.source, overwrite=args.overwrite)
+    except FileNotFoundError:
+        raise
+    except (ValueError, FileExistsError) as e:
+        raise _usage_error(str(e)) from None
+    print(f"wrote {info['n']} train and {info['n_test']} test digits ({size}x{size}, {', '.join(kinds)}) from "
+          f"{info['source']} to {args.out}: train.jsonl, test.jsonl, images/, info.json")
     return 0

@@ -179,7 +179,10 @@ class Task:
         )
         from .scorers import get_scorer
 
+        from .scorers import check_metrics
+
         get_scorer(task.scorer, where=where)  # unknown scorer: clear error now
+        check_metrics(task, where=where)  # a metric the scorer never produces: clear error now
         return task
 
     # ------------------------------------------------------------------ accessors

@@ -115,6 +115,9 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     logger = MetricsLogger(out, is_main=trainer.is_main, accelerator=acc if cfg.train.log_with else None,
                            resume_step=start)
     bar = progress(cfg.train.steps, desc=f"train {cfg.algo.name}", is_main=trainer.is_main, initial=start)
+    from vlmrl.train.health import HealthMonitor
+
+    health = HealthMonitor(cfg.train.health, warn=trainer.is_main)
 
     def checkpoint(step: int) -> None:
         acc.wait_for_everyone()
@@ -154,6 +157,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         metrics = reduce_metrics(metrics, acc)
         if eval_set is not None and step % cfg.train.eval_every == 0:
             metrics.update(evaluate(trainer.policy, eval_set, cfg, cfg.train.eval_samples, sampler=trainer.sampler))
+        metrics.update(health.update(step, metrics))
         record = logger.log(step, metrics)
         if trainer.is_main and trajs and cfg.train.trace_samples:
             save_traces(out / "traces" / f"step-{step:06d}.jsonl", trajs[:cfg.train.trace_samples], step=step)

@@ -4,7 +4,9 @@ A task YAML names its scorer (``scorer: anls``); :func:`score_docs` scores a tas
 responses keyed by doc_id and returns ``(metrics, per_doc)``: the metrics dict (every value a fraction
 in [0, 1], keys in the task's ``metrics`` order) and one record per doc, in doc order,
 ``{"doc_id", "score", "parsed", ...}`` where ``score`` is that doc's own value in [0, 1] and
-``parsed`` what was read from the response (a letter, a number, "yes"/"no", ...).
+``parsed`` what was read from the response (a letter, a number, "yes"/"no", ...). A task's ``metrics``
+may list any subset of the names its scorer produces (the table's last column); a name the scorer
+does not produce is an error when the task loads.
 
 =================  ==========================================================================
 scorer             rule (official source)                               metrics
@@ -24,12 +26,15 @@ hrbench            same matching; mean over cycles, single/cross         single,
 mathvista          MathVista extraction + normalisation + exact match    accuracy
 zoom               vlmrl synthetic zoom: choice / number / word          accuracy, accuracy_zoom,
                                                                          accuracy_no_zoom
+exact_match        your own task: choice letter / number (tolerance) /   accuracy, accuracy_choice,
+                   normalised words, by the row's answer_type            accuracy_number, accuracy_word
 =================  ==========================================================================
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,7 +45,7 @@ from .choice import extract_choice, mme_realworld_extract, normalize_letter
 from .mathvista import mathvista_correct
 from .vqa import anls_score, normalize_vqa_answer, pope_metrics, pope_parse, relaxed_correctness, vqa_accuracy
 
-__all__ = ["SCORERS", "Scorer", "format_ids", "get_scorer", "score_docs"]
+__all__ = ["SCORERS", "Scorer", "format_ids", "get_scorer", "score_docs", "check_metrics"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,12 @@ class Scorer:
     required_fields: tuple[str, ...] = ()  # roles (see Task.fields) every row must have
     check: Callable[[Any, dict], None] | None = None  # (task, doc): raise ValueError on a bad row
     description: str = ""
+    # every metric name the scorer can produce (a tuple, or a function of the task for scorers whose
+    # names depend on scorer_args); a task's ``metrics`` list may name any subset of it
+    produces: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
+
+    def metric_names(self, task) -> tuple[str, ...]:
+        return tuple(self.produces(task)) if callable(self.produces) else tuple(self.produces)
 
 
 SCORERS: dict[str, Scorer] = {}
@@ -66,6 +77,16 @@ def get_scorer(name: str, where: str = "task") -> Scorer:
         return SCORERS[name]
     except KeyError:
         raise ValueError(f"{where}: unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}") from None
+
+
+def check_metrics(task, where: str = "task") -> None:
+    """Raise ValueError when ``task.metrics`` names a metric its scorer never produces."""
+    scorer = get_scorer(task.scorer, where)
+    names = scorer.metric_names(task)
+    unknown = [m for m in task.metrics if m not in names]
+    if unknown:
+        raise ValueError(f"{where}: metrics {unknown} are not produced by scorer {scorer.name!r}; "
+                         f"it produces: {', '.join(names)} (list any subset of them)")
 
 
 def _mean(values) -> float:
@@ -110,13 +131,12 @@ def score_docs(task, docs: list[dict], responses: dict[int, str]) -> tuple[dict[
         rec["score"] = float(rec["score"])
         records.append(rec)
     produced = scorer.aggregate(task, docs, records)
-    metrics = {}
-    for name in task.metrics:
-        if name in produced:
-            metrics[name] = float(produced[name])
-    extra = set(produced) - set(task.metrics)
-    if extra:
-        raise ValueError(f"task {task.name}: scorer {scorer.name} produced metrics not listed in the task: {sorted(extra)}")
+    extra = set(produced) - set(scorer.metric_names(task))
+    if extra:  # a scorer bug: its ``produces`` list is out of date
+        raise AssertionError(f"scorer {scorer.name} produced metrics it does not declare: {sorted(extra)}")
+    # the task's list may be a subset of what the scorer produces; a listed metric with no rows
+    # behind it (e.g. a split absent from the data) is left out
+    metrics = {name: float(produced[name]) for name in task.metrics if name in produced}
     for name, v in metrics.items():
         if not (0.0 <= v <= 1.0) or math.isnan(v):
             raise AssertionError(f"task {task.name}: metric {name}={v} is outside [0, 1]")
@@ -138,7 +158,7 @@ def _anls_doc(task, doc, response):
 
 
 _register(Scorer("anls", _anls_doc, lambda t, d, r: {"anls": _mean(x["score"] for x in r)},
-                 description="ANLS (DocVQA / InfoVQA)"))
+                 description="ANLS (DocVQA / InfoVQA)", produces=("anls",)))
 
 
 def _chartqa_doc(task, doc, response):
@@ -171,7 +191,8 @@ def _chartqa_agg(task, docs, records):
 
 
 _register(Scorer("relaxed_accuracy", _chartqa_doc, _chartqa_agg, required_fields=("split",),
-                 description="ChartQA relaxed accuracy, human / augmented splits"))
+                 description="ChartQA relaxed accuracy, human / augmented splits",
+                 produces=("relaxed_overall", "relaxed_human_split", "relaxed_augmented_split")))
 
 
 def _textvqa_doc(task, doc, response):
@@ -179,7 +200,7 @@ def _textvqa_doc(task, doc, response):
 
 
 _register(Scorer("vqa_accuracy", _textvqa_doc, lambda t, d, r: {"vqa_accuracy": _mean(x["score"] for x in r)},
-                 description="VQA accuracy with EvalAI answer normalisation (TextVQA)"))
+                 description="VQA accuracy with EvalAI answer normalisation (TextVQA)", produces=("vqa_accuracy",)))
 
 
 def _pope_label(doc) -> str:
@@ -200,7 +221,8 @@ def _pope_agg(task, docs, records):
     return pope_metrics([r["parsed"] for r in records], [_pope_label(d) for d in docs])
 
 
-_register(Scorer("pope", _pope_doc, _pope_agg, check=_pope_check, description="POPE yes/no"))
+_register(Scorer("pope", _pope_doc, _pope_agg, check=_pope_check, description="POPE yes/no",
+                 produces=("accuracy", "precision", "recall", "f1", "yes_ratio")))
 
 
 # ------------------------------------------------------------------------------- multiple choice
@@ -247,12 +269,13 @@ def _mc_doc(task, doc, response):
     return {"score": 1.0 if parsed is not None and parsed == target else 0.0, "parsed": parsed}
 
 
-def _mc_scorer(name, aggregate, required=(), description=""):
-    return _register(Scorer(name, _mc_doc, aggregate, required_fields=required, check=_mc_check, description=description))
+def _mc_scorer(name, aggregate, required=(), description="", produces=()):
+    return _register(Scorer(name, _mc_doc, aggregate, required_fields=required, check=_mc_check, description=description,
+                            produces=produces))
 
 
 _mc_scorer("mc_accuracy", lambda t, d, r: {"accuracy": _mean(x["score"] for x in r)},
-           description="multiple choice accuracy")
+           description="multiple choice accuracy", produces=("accuracy",))
 
 
 def _vstar_agg(task, docs, records):
@@ -266,7 +289,8 @@ def _vstar_agg(task, docs, records):
     return out
 
 
-_mc_scorer("vstar", _vstar_agg, required=("category",), description="V* Bench: overall and per category")
+_mc_scorer("vstar", _vstar_agg, required=("category",), description="V* Bench: overall and per category",
+           produces=lambda t: ("overall", *t.scorer_args.get("categories", ["direct_attributes", "relative_position"])))
 
 
 def _mmstar_agg(task, docs, records):
@@ -279,7 +303,8 @@ def _mmstar_agg(task, docs, records):
     }
 
 
-_mc_scorer("mmstar", _mmstar_agg, required=("category",), description="MMStar: micro and macro over categories")
+_mc_scorer("mmstar", _mmstar_agg, required=("category",), description="MMStar: micro and macro over categories",
+           produces=("accuracy", "macro"))
 
 
 def _index_of(task, doc) -> int:
@@ -299,7 +324,8 @@ def _circular_agg(task, docs, records):
 
 
 _mc_scorer("mmbench_circular", _circular_agg, required=("index",),
-           description="MMBench CircularEval: a question counts when all its rotations are right")
+           description="MMBench CircularEval: a question counts when all its rotations are right",
+           produces=("circular_accuracy",))
 
 
 def _hrbench_agg(task, docs, records):
@@ -318,7 +344,8 @@ def _hrbench_agg(task, docs, records):
 
 
 _mc_scorer("hrbench", _hrbench_agg, required=("category", "cycle"),
-           description="HR-Bench: accuracy per cycle averaged over cycles; single, cross, their mean")
+           description="HR-Bench: accuracy per cycle averaged over cycles; single, cross, their mean",
+           produces=("single", "cross", "average"))
 
 
 # ---------------------------------------------------------------------------------------- MathVista
@@ -347,7 +374,8 @@ def _mathvista_doc(task, doc, response):
 
 _register(Scorer("mathvista", _mathvista_doc, lambda t, d, r: {"accuracy": _mean(x["score"] for x in r)},
                  required_fields=("question_type", "answer_type"), check=_mathvista_check,
-                 description="MathVista: rule extraction, normalisation by type and precision, exact match"))
+                 description="MathVista: rule extraction, normalisation by type and precision, exact match",
+                 produces=("accuracy",)))
 
 
 # --------------------------------------------------------------------------------------------- zoom
@@ -431,5 +459,108 @@ def _zoom_agg(task, docs, records):
 
 
 _register(Scorer("zoom", _zoom_doc, _zoom_agg, required_fields=("answer_type", "needs_zoom"), check=_zoom_check,
-                 description="vlmrl synthetic zoom task: choice letter, numeric equality, normalised word"))
+                 description="vlmrl synthetic zoom task: choice letter, numeric equality, normalised word",
+                 produces=("accuracy", "accuracy_zoom", "accuracy_no_zoom")))
 
+
+
+# -------------------------------------------------------------------------------------- exact match
+# A generic scorer for a user's own task: the answer (the last <answer>...</answer> or \boxed{} when
+# present, else the whole response) against the target, by the row's answer type:
+#   choice  the option letter read as for multiple choice (a target may be a letter or an option's text)
+#   number  the last number in the answer equals the target within rel_tol / abs_tol (scorer_args);
+#           a number word ("seven") counts as its number
+#   word    normalised words: lower case, articles (a, an, the) and punctuation dropped, spaces collapsed
+# The type comes from the row's answer_type field (``fields: {answer_type: COLUMN}``) when the row has
+# one, else it is inferred: choice when the row has options, number when the target parses as one,
+# else word. A target may be a list of acceptable answers (any one counts).
+
+_ANSWER_TYPES = ("choice", "number", "word")
+_ARTICLES = {"a", "an", "the"}
+_NUMBER_WORDS = {w: float(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+
+
+def normalize_words(text: str) -> str:
+    """Lower case, punctuation removed (a decimal point or sign inside a number is kept), articles
+    dropped, whitespace collapsed."""
+    t = str(text).lower()
+    t = re.sub(r"(?<!\d)[.,](?!\d)|[;:!?\"'`()\[\]{}]", " ", t)
+    return " ".join(w for w in t.split() if w not in _ARTICLES)
+
+
+def _number_or_word(text: str) -> float | None:
+    n = _number(text)
+    if n is not None:
+        return n
+    words = normalize_words(text).split()
+    return _NUMBER_WORDS.get(words[-1]) if words else None
+
+
+def _is_number_text(text: str) -> bool:
+    """The whole target is one number ("7", "-2.5", "1,000")."""
+    try:
+        float(str(text).strip().replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _em_type(task, doc) -> str:
+    at = task.field_value(doc, "answer_type", None)
+    if at is not None and at != "":
+        if at not in _ANSWER_TYPES:
+            raise ValueError(f"{doc['source']}: answer_type must be one of {_ANSWER_TYPES}, got {at!r}")
+        return at
+    if doc.get("choices"):
+        return "choice"
+    targets = _answers(doc["target"])
+    if targets and all(_is_number_text(t) for t in targets):
+        return "number"
+    return "word"
+
+
+def _em_check(task, doc):
+    at = _em_type(task, doc)
+    targets = _answers(doc["target"])
+    if not targets:
+        raise ValueError(f"{doc['source']}: no target answer")
+    if at == "choice":
+        if not doc.get("choices"):
+            raise ValueError(f"{doc['source']}: answer_type is choice but the row has no options")
+        if _zoom_target_letter({**doc, "target": targets[0]}) is None:
+            raise ValueError(f"{doc['source']}: answer {doc['target']!r} is neither an option letter nor an option text")
+    if at == "number" and any(_number(t) is None for t in targets):
+        raise ValueError(f"{doc['source']}: answer_type is number but the answer {doc['target']!r} is not a number")
+
+
+def _em_doc(task, doc, response):
+    at = _em_type(task, doc)
+    ans = _final_answer(task, response)
+    targets = _answers(doc["target"])
+    if at == "choice":
+        parsed = extract_choice(ans, doc["choices"])
+        ok = parsed is not None and any(parsed == _zoom_target_letter({**doc, "target": t}) for t in targets)
+    elif at == "number":
+        parsed = _number_or_word(ans)
+        rel = float(task.scorer_args.get("rel_tol", 1e-6))
+        abs_ = float(task.scorer_args.get("abs_tol", 1e-6))
+        ok = parsed is not None and any(math.isclose(parsed, _number(t), rel_tol=rel, abs_tol=abs_) for t in targets)
+    else:
+        parsed = normalize_words(ans)
+        ok = any(parsed == normalize_words(t) for t in targets)
+    return {"score": 1.0 if ok else 0.0, "parsed": parsed, "answer_type": at}
+
+
+def _em_agg(task, docs, records):
+    out = {"accuracy": _mean(r["score"] for r in records)}
+    for at in _ANSWER_TYPES:
+        scores = [r["score"] for r in records if r["answer_type"] == at]
+        if scores:
+            out[f"accuracy_{at}"] = _mean(scores)
+    return out
+
+
+_register(Scorer("exact_match", _em_doc, _em_agg, check=_em_check,
+                 description="generic exact match for your own task: choice letter, number with tolerance, normalised words",
+                 produces=("accuracy", *(f"accuracy_{t}" for t in _ANSWER_TYPES))))

@@ -1,0 +1,122 @@
+"""`vlmrl make-data digits`: scikit-learn's bundled handwritten digits as VQA rows (vlmrl/data/digits.py), read
+from a csv.gz or a wheel; the rows load for training and score through eval/digits.yaml."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import zipfile
+
+import pytest
+from PIL import Image
+
+from vlmrl.cli import main
+from vlmrl.data.digits import DIGITS_MEMBER, digit_image, make_digits_dataset, read_digits
+
+# a 3 drawn as a bar at the top row: pixel (x, 0) = 16 for x in 2..5
+BAR = [16 if (r == 0 and 2 <= c <= 5) else 0 for r in range(8) for c in range(8)]
+
+
+def _csv(n=12) -> bytes:
+    lines = [",".join(str(v) for v in BAR) + f",{i % 10}" for i in range(n)]
+    return gzip.compress(("\n".join(lines) + "\n").encode())
+
+
+@pytest.fixture
+def source(tmp_path):
+    p = tmp_path / "digits.csv.gz"
+    p.write_bytes(_csv())
+    return p
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_rows_splits_and_answers(tmp_path, source):
+    out = tmp_path / "d"
+    assert main(["make-data", "digits", "--out", str(out), "--source", str(source), "--n", "6", "--n-test", "4",
+                 "--image-size", "56", "--seed", "3"]) == 0
+    train, test = _rows(out / "train.jsonl"), _rows(out / "test.jsonl")
+    assert len(train) == 6 and len(test) == 4
+    # no image in both splits; each row's answer follows from its label (label = source line index % 10)
+    assert not {r["meta"]["source_index"] for r in train} & {r["meta"]["source_index"] for r in test}
+    assert [r["meta"]["category"] for r in train] == ["digit", "parity", "greater"] * 2
+    for r in train + test:
+        label = r["meta"]["label"]
+        assert label == r["meta"]["source_index"] % 10
+        kind = r["meta"]["category"]
+        if kind == "digit":
+            assert (r["answer"], r["answer_type"]) == (str(label), "number")
+        elif kind == "parity":
+            assert (r["answer"], r["answer_type"]) == ("even" if label % 2 == 0 else "odd", "word")
+        else:
+            k = int(r["question"].rstrip("?").split()[-1])
+            assert r["choices"] == ["yes", "no"] and r["answer"] == ("A" if label > k else "B")
+        im = Image.open(out / r["images"][0])
+        assert im.size == (56, 56) and im.mode == "RGB"
+        assert im.getpixel((28, 2))[0] < 60 and im.getpixel((28, 40))[0] == 255  # ink at the top bar, white below
+    info = json.loads((out / "info.json").read_text())
+    assert info["n"] == 6 and info["source_sha256"] and info["kinds"] == ["digit", "parity", "greater"]
+    # same seed, same test set whatever n; another seed, another shuffle
+    make_digits_dataset(tmp_path / "e", n=2, n_test=4, seed=3, source=source)
+    assert _rows(tmp_path / "e" / "test.jsonl") == test
+    make_digits_dataset(tmp_path / "f", n=2, n_test=4, seed=4, source=source)
+    assert _rows(tmp_path / "f" / "test.jsonl") != test
+
+
+def test_wheel_source_kinds_and_errors(tmp_path, source, capsys):
+    whl = tmp_path / "scikit_learn-9.9-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr(DIGITS_MEMBER, _csv(5))
+    digits, _ = read_digits(whl)
+    assert [lab for _, lab in digits] == [0, 1, 2, 3, 4] and digits[0][0] == BAR
+    info = make_digits_dataset(tmp_path / "w", n=3, n_test=2, source=whl, kinds=("parity",))
+    assert list(info["counts"]["train"]) == ["parity"] and sum(info["counts"]["train"]["parity"].values()) == 3
+    with pytest.raises(ValueError, match="fit the 5 digits"):
+        make_digits_dataset(tmp_path / "x", n=4, n_test=2, source=whl)
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(b"1,2,3\n"))
+    with pytest.raises(ValueError, match=r"bad.csv.gz, line 1: expected 64 pixels and a label"):
+        read_digits(bad)
+    assert main(["make-data", "digits", "--out", str(tmp_path / "y"), "--source", str(source), "--categories",
+                 "digit,colour"]) == 2
+    assert "question kinds ['colour'] unknown" in capsys.readouterr().err
+    assert main(["make-data", "digits", "--out", str(tmp_path / "y"), "--source", str(tmp_path / "nope.whl")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["make-data", "zoom", "--out", str(tmp_path / "z"), "--source", str(source)]) == 2
+
+
+def test_rows_load_for_training_and_score_with_the_task(tmp_path, source):
+    from vlmrl.data import load_dataset
+    from vlmrl.evaluation.tasks import load_task
+
+    out = tmp_path / "d"
+    make_digits_dataset(out, n=3, n_test=6, source=source, image_size=56)
+    ds = load_dataset(str(out / "train.jsonl"))
+    assert len(ds) == 3 and ds[2].choices == ["yes", "no"] and ds[0].images[0].size == (56, 56)
+    task = load_task("digits")
+    docs = task.load_docs(out)
+    truth = {d["doc_id"]: f"<answer>{d['target']}</answer>" for d in docs}
+    metrics, _ = task.score(docs, truth)
+    assert metrics == {"accuracy": 1.0, "accuracy_number": 1.0, "accuracy_word": 1.0, "accuracy_choice": 1.0}
+    wrong = {d["doc_id"]: "<answer>maybe</answer>" for d in docs}
+    assert task.score(docs, wrong)[0]["accuracy"] == 0.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="scikit-learn is not installed")
+def test_the_installed_scikit_learn_digits(tmp_path):
+    digits, _ = read_digits(__import__("vlmrl.data.digits", fromlist=["find_source"]).find_source())
+    assert len(digits) == 1797 and {lab for _, lab in digits} == set(range(10))
+    assert digit_image(digits[0][0], 112).size == (112, 112)
+
+
+def test_digits_recipe_loads_with_a_periodic_eval_and_enough_pixels():
+    from pathlib import Path
+
+    from vlmrl.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml")
+    assert cfg.rollout.mode == "direct" and cfg.train.eval_every > 0 and cfg.data.eval
+    assert cfg.rollout.image_max_pixels >= 112 * 112  # the default 112-px images keep their 16 visual tokens

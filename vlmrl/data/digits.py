@@ -1,0 +1,171 @@
+"""Real images offline: scikit-learn's bundled handwritten digits as VQA (``vlmrl make-data digits``).
+
+The source is the 1797 8x8 grey scans (values 0-16) of the UCI "optdigits" test set that scikit-learn ships
+as ``sklearn/datasets/data/digits.csv.gz`` (64 pixel values and the label per line). Nothing is downloaded at
+run time: the file is read from the installed scikit-learn (found without importing it), from a scikit-learn
+wheel (``pip download scikit-learn --no-deps`` gives one; the wheel is read as a zip, nothing installed), or
+from the csv.gz itself (``--source``).
+
+Each image is drawn as dark ink on white, upscaled (bicubic) to ``image_size`` pixels per side (default 112:
+16 visual tokens for Qwen2/2.5-VL; an 8x8 image would be 1) and asked one question of one of these kinds
+(assigned in turn):
+
+==========  ====================================================  ===========  =================
+kind        question                                              answer_type  answer
+==========  ====================================================  ===========  =================
+digit       Which digit (0-9) is written in the image?            number       "7"
+parity      Is the digit written in the image even or odd?        word         "odd"
+greater     Is the digit written in the image greater than K?     choice       "A" (yes) | "B" (no)
+==========  ====================================================  ===========  =================
+
+(K is drawn per row from 0-8.) The test split is the first ``n_test`` images of a seeded shuffle and the
+train split the next ``n``, so train and test never share an image, and a larger ``n`` keeps the same test
+set. Rows are vlmrl's JSONL (``{"id", "images", "question", "answer", "answer_type", "choices"?, "meta"}``
+with ``meta`` = ``{"category", "label", "source_index", "needs_zoom": false}``); ``eval/digits.yaml`` scores
+them with the generic ``exact_match`` scorer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import random
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+
+DIGITS_MEMBER = "sklearn/datasets/data/digits.csv.gz"
+KINDS = ("digit", "parity", "greater")
+_QUESTIONS = {
+    "digit": "Which digit (0-9) is written in the image?",
+    "parity": "Is the digit written in the image even or odd?",
+    "greater": "Is the digit written in the image greater than {k}?",
+}
+_ANSWER_TYPES = {"digit": "number", "parity": "word", "greater": "choice"}
+
+
+def find_source(source: str | Path | None = None) -> Path:
+    """The digits file to read: ``source`` (a digits.csv.gz or a scikit-learn wheel), else the installed
+    scikit-learn's copy. A clear FileNotFoundError says what to do when there is none."""
+    if source is not None:
+        p = Path(source).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"--source {p}: no such file (give digits.csv.gz or a scikit_learn-*.whl)")
+        return p
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it (no scipy needed)
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            p = Path(loc) / "datasets" / "data" / "digits.csv.gz"
+            if p.is_file():
+                return p
+    raise FileNotFoundError(
+        "the digits need scikit-learn's bundled digits.csv.gz: `pip install scikit-learn`, or "
+        "`pip download scikit-learn --no-deps -d DIR` and pass --source DIR/scikit_learn-*.whl (read as a zip, "
+        "nothing installed), or pass --source path/to/digits.csv.gz")
+
+
+def read_digits(source: str | Path) -> tuple[list[tuple[list[int], int]], str]:
+    """[(64 pixel values 0-16, label 0-9)] in file order, and the sha256 of the csv.gz bytes. Bad lines are
+    errors naming the file and line."""
+    p = Path(source)
+    if p.suffix == ".whl":
+        try:
+            with zipfile.ZipFile(p) as z:
+                raw = z.read(DIGITS_MEMBER)
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise ValueError(f"{p}: not a scikit-learn wheel holding {DIGITS_MEMBER} ({e})") from None
+        where = f"{p}!{DIGITS_MEMBER}"
+    else:
+        raw = p.read_bytes()
+        where = str(p)
+    try:
+        text = gzip.decompress(raw).decode("ascii") if raw[:2] == b"\x1f\x8b" else raw.decode("ascii")
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise ValueError(f"{where}: cannot read as (gzipped) CSV text ({e})") from None
+    out = []
+    for i, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip():
+            continue
+        cells = line.strip().split(",")
+        try:
+            values = [int(float(c)) for c in cells]
+        except ValueError:
+            raise ValueError(f"{where}, line {i}: not numbers: {line.strip()[:60]!r}") from None
+        if len(values) != 65:
+            raise ValueError(f"{where}, line {i}: expected 64 pixels and a label (65 values), got {len(values)}")
+        pixels, label = values[:64], values[64]
+        if not 0 <= label <= 9 or any(not 0 <= v <= 16 for v in pixels):
+            raise ValueError(f"{where}, line {i}: label must be 0-9 and pixels 0-16")
+        out.append((pixels, label))
+    if not out:
+        raise ValueError(f"{where}: no digits")
+    return out, hashlib.sha256(raw).hexdigest()
+
+
+def digit_image(pixels: list[int], size: int) -> Image.Image:
+    """An 8x8 scan as an RGB image of ``size`` x ``size``: dark ink (16) on white (0), bicubic upscaling."""
+    small = Image.new("L", (8, 8))
+    small.putdata([255 - round(v * 255 / 16) for v in pixels])
+    return small.resize((size, size), Image.BICUBIC).convert("RGB")
+
+
+def digit_row(kind: str, label: int, rng: random.Random) -> dict:
+    """question, answer, answer_type (and choices) of one row of ``kind`` about a digit ``label``."""
+    if kind == "digit":
+        return {"question": _QUESTIONS[kind], "answer": str(label), "answer_type": "number"}
+    if kind == "parity":
+        return {"question": _QUESTIONS[kind], "answer": "even" if label % 2 == 0 else "odd", "answer_type": "word"}
+    if kind == "greater":
+        k = rng.randint(0, 8)
+        return {"question": _QUESTIONS[kind].format(k=k), "answer": "A" if label > k else "B",
+                "answer_type": "choice", "choices": ["yes", "no"]}
+    raise ValueError(f"unknown question kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+
+def make_digits_dataset(out_dir: str | Path, n: int = 600, n_test: int = 200, seed: int = 0,
+                        kinds: tuple[str, ...] = KINDS, image_size: int = 112, source: str | Path | None = None,
+                        *, overwrite: bool = False) -> dict:
+    """Write ``train.jsonl``, ``test.jsonl``, ``images/`` and ``info.json`` under ``out_dir``; returns the info
+    dict (source, sha256, arguments, per-split counts by kind and answer)."""
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"question kinds {bad or '(none)'} unknown; choose from {', '.join(KINDS)}")
+    if image_size < 8:
+        raise ValueError(f"--image-size must be >= 8 (the scans are 8x8), got {image_size}")
+    src = find_source(source)
+    digits, sha = read_digits(src)
+    if n < 0 or n_test < 0 or n + n_test > len(digits):
+        raise ValueError(f"n={n} train + n_test={n_test} test images must be >= 0 and fit the {len(digits)} digits")
+    out = Path(out_dir)
+    existing = [p for p in ("train.jsonl", "test.jsonl", "info.json") if (out / p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    order = list(range(len(digits)))
+    random.Random(seed).shuffle(order)
+    splits = {"test": order[:n_test], "train": order[n_test:n_test + n]}
+    counts = {}
+    for split in ("train", "test"):
+        rng = random.Random(f"{seed}-{split}")
+        lines, by_kind = [], {k: {} for k in kinds}
+        for i, idx in enumerate(splits[split]):
+            pixels, label = digits[idx]
+            kind = kinds[i % len(kinds)]
+            rel = f"images/digit-{idx:04d}.png"
+            if not (out / rel).exists() or overwrite:
+                digit_image(pixels, image_size).save(out / rel, format="PNG")
+            row = {"id": f"digits-{split}-{i:05d}", "images": [rel], **digit_row(kind, label, rng),
+                   "meta": {"category": kind, "label": label, "source_index": idx, "needs_zoom": False}}
+            lines.append(json.dumps(row) + "\n")
+            by_kind[kind][row["answer"]] = by_kind[kind].get(row["answer"], 0) + 1
+        (out / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+        counts[split] = {k: dict(sorted(v.items())) for k, v in by_kind.items()}
+    info = {"task": "digits", "source": str(src), "source_sha256": sha, "seed": seed, "n": n, "n_test": n_test,
+            "image_size": [image_size, image_size], "kinds": list(kinds), "counts": counts}
+    (out / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return info

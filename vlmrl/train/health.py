@@ -1,0 +1,124 @@
+"""Degenerate-run checks: signs that an RL run is going wrong, each warned about once on stderr and
+flagged in metrics.jsonl at every step (``health/<check>`` = 1 while it holds, 0 otherwise).
+
+=========================  ===================================================================
+flag                       holds when (thresholds: ``train.health.*``, defaults in brackets)
+=========================  ===================================================================
+health/reward_up_eval_down over the last ``eval_window`` [3] periodic evals (train.eval_every) the
+                           held-out ``eval/accuracy`` fell by >= ``min_eval_drop`` [0.05] while the
+                           training reward (the mean of ``reward/mean`` over the steps since the
+                           previous eval) rose by >= ``min_reward_rise`` [0.02]: the policy is
+                           learning the reward, not the task (reward hacking, format share,
+                           overfitting the training prompts)
+health/zero_std            ``zero_std_frac`` >= ``zero_std_frac`` [0.9] for ``zero_std_steps`` [5]
+                           steps in a row: almost every group has one reward, so there is almost no
+                           gradient (too easy or too hard a task, too small a group)
+health/entropy_collapse    the mean ``entropy/policy`` of the last ``entropy_steps`` [3] steps is
+                           below ``entropy_ratio`` [0.2] x its mean over the first ``entropy_steps``:
+                           the policy collapsed onto a few answers
+=========================  ===================================================================
+
+The checks are pure functions of the metric history (:func:`reward_up_eval_down`,
+:func:`zero_std_streak`, :func:`entropy_collapsed`); :class:`HealthMonitor` keeps that history across
+steps. A resumed run starts a fresh history (the checks need their windows again).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+FLAGS = ("health/reward_up_eval_down", "health/zero_std", "health/entropy_collapse")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def reward_up_eval_down(evals: list[tuple[float, float]], window: int, min_eval_drop: float,
+                        min_reward_rise: float) -> bool:
+    """``evals``: (training reward, held-out accuracy) at each periodic eval, oldest first. True when the
+    last ``window`` of them show the held-out accuracy down by >= min_eval_drop and the reward up by
+    >= min_reward_rise (last minus first of the window)."""
+    if window < 2 or len(evals) < window:
+        return False
+    (r0, a0), (r1, a1) = evals[-window], evals[-1]
+    return (a0 - a1) >= min_eval_drop and (r1 - r0) >= min_reward_rise
+
+
+def zero_std_streak(values: list[float], threshold: float) -> int:
+    """How many of the last values in a row are >= threshold."""
+    n = 0
+    for v in reversed(values):
+        if not (_finite(v) and v >= threshold):
+            break
+        n += 1
+    return n
+
+
+def entropy_collapsed(values: list[float], steps: int, ratio: float) -> bool:
+    """True when the mean of the last ``steps`` entropies is below ``ratio`` x the mean of the first ``steps``
+    (needs 2 x steps values, and a positive start)."""
+    vals = [v for v in values if _finite(v)]
+    if steps < 1 or len(vals) < 2 * steps:
+        return False
+    start = sum(vals[:steps]) / steps
+    now = sum(vals[-steps:]) / steps
+    return start > 0 and now < ratio * start
+
+
+@dataclass
+class HealthMonitor:
+    """Feed it every step's metrics (after the periodic eval joined them); it returns the flags to log."""
+
+    cfg: object  # vlmrl.config.HealthConfig
+    warn: bool = True  # print the warnings (the main process)
+    rewards: list = field(default_factory=list)  # reward/mean since the last eval
+    evals: list = field(default_factory=list)  # (mean reward since the previous eval, eval/accuracy)
+    zero_std: list = field(default_factory=list)
+    entropy: list = field(default_factory=list)
+    warned: set = field(default_factory=set)
+
+    def update(self, step: int, metrics: dict) -> dict:
+        c = self.cfg
+        if not c.enabled:
+            return {}
+        if _finite(metrics.get("reward/mean")):
+            self.rewards.append(float(metrics["reward/mean"]))
+        if _finite(metrics.get("eval/accuracy")) and self.rewards:
+            self.evals.append((sum(self.rewards) / len(self.rewards), float(metrics["eval/accuracy"])))
+            self.rewards = []
+        self.zero_std.append(metrics.get("zero_std_frac"))
+        self.entropy.append(metrics.get("entropy/policy"))
+        flags = {
+            "health/reward_up_eval_down": reward_up_eval_down(self.evals, c.eval_window, c.min_eval_drop,
+                                                              c.min_reward_rise),
+            "health/zero_std": zero_std_streak(self.zero_std, c.zero_std_frac) >= c.zero_std_steps,
+            "health/entropy_collapse": entropy_collapsed(self.entropy, c.entropy_steps, c.entropy_ratio),
+        }
+        for name, on in flags.items():
+            if on and name not in self.warned:
+                self.warned.add(name)
+                if self.warn:
+                    print(f"warning: step {step}: {self._message(name)}", file=sys.stderr, flush=True)
+        return {k: int(v) for k, v in flags.items()}
+
+    def _message(self, name: str) -> str:
+        c = self.cfg
+        if name == "health/reward_up_eval_down":
+            (r0, a0), (r1, a1) = self.evals[-c.eval_window], self.evals[-1]
+            return (f"the training reward rose ({r0:.3f} -> {r1:.3f}) while held-out eval/accuracy fell "
+                    f"({a0:.3f} -> {a1:.3f}) over the last {c.eval_window} evals: the policy is learning the reward, "
+                    "not the task (check the format reward's share, the learning rate, the eval view vs the training "
+                    "view) [train.health.eval_window, min_eval_drop, min_reward_rise]")
+        if name == "health/zero_std":
+            return (f"zero_std_frac >= {c.zero_std_frac} for {c.zero_std_steps} steps in a row: almost every group "
+                    "has a single reward value, so almost nothing is learned (task too easy or too hard for the model, "
+                    "or too few samples per prompt) [train.health.zero_std_frac, zero_std_steps]")
+        vals = [v for v in self.entropy if _finite(v)]
+        s = sum(vals[:c.entropy_steps]) / c.entropy_steps
+        n = sum(vals[-c.entropy_steps:]) / c.entropy_steps
+        return (f"policy entropy collapsed ({s:.3f} at the start -> {n:.3f}, below {c.entropy_ratio} x): the policy "
+                "puts its mass on a few answers; consider a lower learning rate, a KL or entropy term "
+                "[train.health.entropy_ratio, entropy_steps]")
