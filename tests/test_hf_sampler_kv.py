@@ -577,7 +577,8 @@ def test_no_grad_logprobs_sorted_by_length_keep_each_rows_values(tiny_policies):
     mask = left_pad(masks, 0, torch.long)
     batch = RolloutBatch(seqs=seqs, lengths=[len(s.ids) for s in seqs], group_ids=torch.arange(4),
                          response_mask=mask, loss_mask=mask, turn_ids=mask - 1, old_logp=torch.zeros(mask.shape))
-    no_sharing = SimpleNamespace(_share_groups=lambda batch: None)  # the trainer part it uses: share_prompt off
+    # the trainer parts it uses: share_prompt off, one unsharded process
+    no_sharing = SimpleNamespace(_share_groups=lambda batch: None, dist=SimpleNamespace(sharded=False))
     got = Trainer._no_grad_logprobs(no_sharing, pol, seqs, batch, 1.0, chunk=2)
     assert got.shape == mask.shape
     for i, (s, m) in enumerate(zip(seqs, masks)):

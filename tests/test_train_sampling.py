@@ -115,6 +115,7 @@ class FakePolicy:
 
 class FakeBatch:
     def __init__(self, **kw):
+        self.tis_weight = None  # RolloutBatch's field: no sampler/trainer mismatch weights (HF sampler)
         self.__dict__.update(kw)
 
     def take(self, x, rows):
