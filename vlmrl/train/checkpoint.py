@@ -81,6 +81,21 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(Path(root))
 
 
+def _publish(tmp: Path, final: Path, root: Path) -> None:
+    """Make the written checkpoint `tmp` the step directory `final`, atomically: synced to disk first, then renamed;
+    a step saved again (e.g. after resuming from an older checkpoint) replaces the old one only once the new is in
+    place."""
+    _fsync_tree(tmp)
+    if final.exists():
+        old = root / f".old-{final.name}-{secrets.token_hex(4)}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(root)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
@@ -247,15 +262,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, processor=None
         (tmp / STATE_FILE).write_text(state_json + "\n")
         if _weights_files(tmp) is None:
             raise CheckpointError(f"model.save_pretrained wrote no safetensors weights into {tmp}")
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving a step (e.g. after resuming from an older checkpoint)
-            old = root / f".old-{final.name}-{secrets.token_hex(4)}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(root)
+        _publish(tmp, final, root)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: clean up and pass it on

@@ -22,7 +22,6 @@ Resume needs the same number of processes (the RNG streams are per rank); DCP it
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from pathlib import Path
@@ -33,8 +32,7 @@ from vlmrl.train.checkpoint import (
     CHECKPOINTS,
     STATE_FILE,
     CheckpointError,
-    _fsync_dir,
-    _fsync_tree,
+    _publish,
     _prune,
     _remove_leftovers,
     _rng_state,
@@ -95,15 +93,7 @@ def save_sharded_checkpoint(run_dir, step: int, model, optimizer, scheduler, acc
                 core.config.save_pretrained(str(tmp))
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / STATE_FILE).write_text(state_json + "\n")
-            _fsync_tree(tmp)
-            if final.exists():
-                old = root / f".old-{final.name}-{secrets.token_hex(4)}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-            _fsync_dir(root)
+            _publish(tmp, final, root)
             _prune(root, keep_last)
         except Exception as e:  # noqa: BLE001
             error = e
