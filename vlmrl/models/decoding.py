@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmrl.models.kvcache import KVCache
+from vlmrl.models.kvcache import KVCache, cache_arg
 
 FUSED_TEXT_MODELS = ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
 _ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
@@ -105,8 +105,8 @@ class DecodeStep:
         if not self.fused:
             n = tok.shape[0]
             hidden = self.lm(input_ids=tok[:, None], attention_mask=valid.long(),
-                             position_ids=pos.view(1, n, 1).expand(3, n, 1), past_key_values=self.cache,
-                             use_cache=True).last_hidden_state
+                             position_ids=pos.view(1, n, 1).expand(3, n, 1), use_cache=True,
+                             **cache_arg(self.lm, self.cache)).last_hidden_state
             return self.head(hidden[:, -1])
         h = self.lm.embed_tokens(tok[:, None])  # [n, 1, hidden]
         idx = pos - self.lo

@@ -21,10 +21,27 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+_CACHE_ARG: dict[type, str] = {}
+
+
+def cache_arg(module, cache) -> dict:
+    """The keyword that hands `cache` to `module`'s forward: ``cache`` where the installed transformers has it
+    (5.24 renamed ``past_key_values``, which then warns on every call), else ``past_key_values`` (older releases,
+    e.g. the 5.19 of vLLM's environment, would silently drop an unknown ``cache`` into ``**kwargs``)."""
+    cls = type(module)
+    if cls not in _CACHE_ARG:
+        try:
+            params = inspect.signature(cls.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        _CACHE_ARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return {_CACHE_ARG[cls]: cache}
 
 
 class BufferLayer(DynamicLayer):

@@ -20,6 +20,7 @@ import torch
 
 from vlmrl.family import FAMILY_OF_MODEL_TYPE
 from vlmrl.models.codec import Codec, Seq, VisionInput  # noqa: F401  (Seq, VisionInput: importable from here too)
+from vlmrl.models.kvcache import cache_arg
 from vlmrl.models.last_mlp import checkpointing, last_mlp_only_at
 
 
@@ -99,7 +100,10 @@ class Policy:
             str(path), dtype=resolve_dtype(dtype, dev), local_files_only=True)
         model.to(dev)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24's name (the old one warns)
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if lora:
             model = apply_lora(model, **lora)
@@ -195,6 +199,8 @@ class Policy:
         """`self.model(**inputs, logits_to_keep=keep, **kw)`; with `last_mlp_only` (the default), the last decoder
         layer's MLP runs only at the kept positions, the only ones whose output is read (vlmrl/models/last_mlp.py)."""
         shape = tuple(inputs["input_ids"].shape)
+        if "past_key_values" in kw:  # under the name the installed transformers takes (vlmrl.models.kvcache)
+            kw.update(cache_arg(self.core, kw.pop("past_key_values")))
         with last_mlp_only_at(self.core, keep, shape) if self.last_mlp_only else nullcontext():
             return self.model(**inputs, logits_to_keep=keep, **kw)
 
