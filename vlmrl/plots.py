@@ -7,8 +7,8 @@ share of the advantage variance), `reward_group_std.png`, `accuracy.png` (traini
 gradient), `budget.png` (rollouts per prompt: min, mean +- std, max; Knapsack RL), `lr.png`,
 `time.png`) and `overview.png` with every non-empty panel. A panel whose metrics are all missing (absent, null or NaN)
 is skipped and named in the output; so is `clip.png` when every clip fraction is 0 (one PPO epoch over one
-mini-batch: the ratio is exactly 1), with a note saying so. Legends sit right of their panel. Steps come from each record's `step` (else its line number); a
-step logged twice (a resumed run) keeps its last record.
+mini-batch: the ratio is exactly 1), with a note saying so. Legends sit right of their panel. Steps come
+from each record's `step` (else its line number); a step logged twice (a resumed run) keeps its last record.
 
 `plot_run(run_dir, out_dir=None) -> list[Path]` is what the trainer calls at the end of training;
 `make_plots` also returns the skipped panels and notes.
