@@ -124,3 +124,73 @@ def test_heldout_accuracy_next_to_the_reward(tmp_path):
     _write(run, list(rows.values()))
     paths = {p.stem: p for p in plot_run(run)}
     _check_png(paths["reward"])
+
+
+def _quickstart_like_rows(n=10, clip=0.0):
+    """A DTPO run's metrics as the quickstart logs them: many reward parts (a tall legend) and, with one PPO
+    epoch over one mini-batch, clip fractions that are exactly 0."""
+    out = []
+    for s in range(1, n + 1):
+        r = {"step": s, "reward/mean": 0.5 + 0.02 * s, "reward/std": 0.4, "accuracy": 0.4 + 0.03 * s,
+             "clip/low": clip, "clip/high": 0.0, "clip/dual": 0.0, "grad_norm": 1.0 / s, "lr": 7e-5,
+             "entropy/policy": 0.1, "loss/total": 0.01 * s, "response_length": 20 + s, "time/step": 1.5}
+        for i in range(12):
+            r[f"reward/part{i}/mean"], r[f"reward/part{i}/std"] = 0.05 * i, 0.1
+        out.append(r)
+    return out
+
+
+def test_all_zero_clip_panel_left_out_with_a_note(tmp_path):
+    """ppo_epochs 1 and one mini-batch: the ratio is exactly 1, clip/* are all 0, so the panel would be a flat
+    line; it is left out and the notes say why. Any nonzero clip value keeps it."""
+    run = tmp_path / "run"
+    _write(run, _quickstart_like_rows())
+    res = make_plots(run)
+    assert "clip" not in {p.stem for p in res.paths} and "clip" not in res.skipped
+    assert not (run / "plots" / "clip.png").exists()
+    assert [n for n in res.notes if n.startswith("clip fractions are 0 at every step")] == [res.notes[0]]
+    assert "ratio is exactly 1" in res.notes[0] and len(res.notes) == 1  # `vlmrl plot` prints notes
+    rows = _quickstart_like_rows()
+    rows[3]["clip/low"] = 0.01
+    _write(tmp_path / "clipped", rows)
+    res = make_plots(tmp_path / "clipped")
+    assert "clip" in {p.stem for p in res.paths} and res.notes == []
+
+
+def test_overview_has_no_empty_band_between_rows(tmp_path):
+    """A tall legend (12 reward parts) made tight_layout squeeze its panel's row and open empty bands around it
+    (the quickstart's overview.png): every panel keeps most of its row's height, no legend overlaps a title,
+    and the PNG has no long run of blank pixel rows."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from vlmrl.plots import overview_figure, panel_series
+
+    rows = {r["step"]: r for r in _quickstart_like_rows()}
+    drawn = [(p, panel_series(p, rows)) for p in PANELS]
+    drawn = [(p, s) for p, s in drawn if s]
+    assert len(drawn) == 9  # 3 rows of 3
+    fig = overview_figure("run", drawn, rows)
+    try:
+        fig.canvas.draw()
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(axes) == 9
+        for ax in axes:
+            assert ax.get_position().height * 3 > 0.6, (ax.get_title(), ax.get_position())
+        legends = [ax.get_legend().get_window_extent() for ax in axes]
+        for ax in axes:
+            title = ax.title.get_window_extent()
+            assert not any(title.overlaps(lg) for lg in legends), ax.get_title()
+    finally:
+        plt.close(fig)
+    run = tmp_path / "run"
+    _write(run, list(rows.values()))
+    overview = make_plots(run).paths[-1]
+    with Image.open(overview) as im:
+        a = np.asarray(im.convert("L"))
+    assert overview.name == "overview.png" and a.shape[0] <= 90 * 3.0 * 3  # dpi 90, at most 3 in per row
+    longest = run_len = 0
+    for blank in (a > 250).all(axis=1):
+        run_len = run_len + 1 if blank else 0
+        longest = max(longest, run_len)
+    assert longest < 0.03 * a.shape[0], (longest, a.shape)

@@ -200,9 +200,32 @@ def test_eval_prefix_forces_the_first_turn_and_breakdown_by_need(tiny_dirs, zoom
     assert res["by"]["needs_zoom"]["true"]["tool_call_rate"] == 0.0
 
 
+# ------------------------------------------------------------------ progress
+
+def test_stage_header_elapsed_and_time_left():
+    """The time left is the reference seconds of the stages to come (283 s in all on a quiet 2-core machine)
+    scaled by this run's pace over the stages that ran; reused stages do not count towards the pace."""
+    from vlmrl.quickstart import STAGE_SECONDS, stage_header
+
+    assert sum(STAGE_SECONDS.values()) == 283
+    todo = list(STAGE_SECONDS)
+    assert stage_header("1/6 tiny model", 0.2, {}, todo) == \
+        "== 1/6 tiny model (0:00 elapsed, ~4:43 left at a quiet 2-core machine's pace) =="
+    # model + data (3 reference seconds) are too short to measure the pace: still the reference pace
+    assert stage_header("3/6 SFT", 9.4, {"model": 6.0, "data": 3.4}, todo[2:]) == \
+        "== 3/6 SFT (0:09 elapsed, ~4:40 left at a quiet 2-core machine's pace) =="
+    # a busy machine: 507 s for 170 reference seconds -> pace 507/170; left 113 * 507/170 = 337.0 s
+    assert stage_header("4/6 DTPO", 507.0, {"model": 3.0, "data": 3.0, "sft": 501.0}, todo[3:]) == \
+        "== 4/6 DTPO (8:27 elapsed, ~5:37 left) =="
+    # a reused SFT (left out of `ran`) and --no-direct: DTPO took 162 s for 81 + 3 -> pace 168/84 = 2;
+    # left (16 + 0) * 2 = 32 s; past an hour the clock shows hours
+    assert stage_header("5/6 eval", 3725.0, {"model": 3.0, "data": 3.0, "rl": 162.0}, ["eval", "summary"]) == \
+        "== 5/6 eval (1:02:05 elapsed, ~0:32 left) =="
+
+
 # ------------------------------------------------------------------ end to end
 
-def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch):
+def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch, capsys):
     """Every stage on the tiny model with a couple of steps: the table, the checks, the files."""
     monkeypatch.setenv("VLMRL_NO_PROGRESS", "1")
     out = tmp_path / "qs"
@@ -210,6 +233,9 @@ def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch):
                  "sft.steps=2", "sft.batch_size=4", "train.steps=1", "train.prompts_per_step=2",
                  "rollout.group_size=2", "rollout.max_new_tokens=8", "train.eval_every=0", "train.save_every=0"])
     assert code == 0
+    headers = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("== ")]
+    assert len(headers) == 7 and headers[0].startswith("== 1/6 tiny model (offline) (0:00 elapsed, ~4:4")
+    assert all(" elapsed, ~" in h and (h.endswith(" left) ==") or h.endswith("pace) ==")) for h in headers)
     summary = json.loads((out / "summary.json").read_text())
     assert [r["policy"] for r in summary["rows"]] == ["warm start (SFT)", "RL (DTPO)", "always crop", "never crop"]
     rows = {r["policy"]: r for r in summary["rows"]}

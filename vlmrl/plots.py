@@ -6,8 +6,9 @@ share of the advantage variance), `reward_group_std.png`, `accuracy.png` (traini
 `loss.png`, `grad_norm.png`, `response_length.png`, `rollout.png` (zero-std groups, truncation, groups with a
 gradient), `budget.png` (rollouts per prompt: min, mean +- std, max; Knapsack RL), `lr.png`,
 `time.png`) and `overview.png` with every non-empty panel. A panel whose metrics are all missing (absent, null or NaN)
-is skipped and named in the output. Steps come from each record's `step` (else its line number); a
-step logged twice (a resumed run) keeps its last record.
+is skipped and named in the output; so is `clip.png` when every clip fraction is 0 (one PPO epoch over one
+mini-batch: the ratio is exactly 1), with a note saying so. Legends sit right of their panel. Steps come
+from each record's `step` (else its line number); a step logged twice (a resumed run) keeps its last record.
 
 `plot_run(run_dir, out_dir=None) -> list[Path]` is what the trainer calls at the end of training;
 `make_plots` also returns the skipped panels and notes.
@@ -120,6 +121,7 @@ def panel_series(panel: Panel, rows: dict[int, dict]) -> dict[str, tuple[list[in
 
 
 def _draw(ax, panel: Panel, series: dict, rows: dict[int, dict]) -> None:
+    banded = False
     for k, (xs, ys) in series.items():
         marker = "o" if len(xs) < 30 or k.startswith("eval/") else None  # sparse eval points stay visible
         (line,) = ax.plot(xs, ys, label=k, marker=marker, markersize=3, linewidth=1.4)
@@ -129,13 +131,35 @@ def _draw(ax, panel: Panel, series: dict, rows: dict[int, dict]) -> None:
             pts = [(x, y, s) for x, y, s in pts if s is not None]
             if pts:
                 ax.fill_between([p[0] for p in pts], [p[1] - p[2] for p in pts], [p[1] + p[2] for p in pts],
-                                color=line.get_color(), alpha=0.18, linewidth=0, label=f"± {std_key}")
+                                color=line.get_color(), alpha=0.18, linewidth=0)
+                banded = True
     ax.set_title(panel.title)
     ax.set_xlabel("step")
     if panel.ylabel:
         ax.set_ylabel(panel.ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # outside the axes on the right (never over the title or the curves), in columns of at most 8 entries so
+    # a panel with many reward parts stays within its row's height; one line says what the bands are
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
+              ncol=math.ceil(len(series) / 8), title="bands: ± 1 std" if banded else None, title_fontsize=6)
+
+
+def overview_figure(title: str, drawn: list[tuple[Panel, dict]], rows: dict[int, dict]):
+    """Every drawn panel in a grid of 3 columns. Constrained layout sizes each row to its content (legends
+    sit right of their panel), so no empty bands open between rows the way tight_layout did around a tall
+    legend."""
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(drawn))
+    nrows = math.ceil(len(drawn) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 2.8 * nrows), dpi=90, squeeze=False,
+                             layout="constrained")
+    for ax, (panel, series) in zip(axes.flat, drawn):
+        _draw(ax, panel, series, rows)
+    for ax in list(axes.flat)[len(drawn):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig
 
 
 @dataclass
@@ -164,24 +188,19 @@ def make_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> PlotRe
         if not series:
             skipped.append(panel.name)
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+        if panel.name == "clip" and all(v == 0 for _, ys in series.values() for v in ys):
+            notes.append("clip fractions are 0 at every step: panel left out (expected with one PPO epoch over one "
+                         "mini-batch, where the policy ratio is exactly 1 so nothing can clip)")
+            continue
+        fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=100, layout="constrained")  # room for the legend
         _draw(ax, panel, series, rows)
-        fig.tight_layout()
         path = out / f"{panel.name}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
         drawn.append((panel, series))
     if drawn:
-        cols = min(3, len(drawn))
-        nrows = math.ceil(len(drawn) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(5.0 * cols, 3.4 * nrows), dpi=90, squeeze=False)
-        for ax, (panel, series) in zip(axes.flat, drawn):
-            _draw(ax, panel, series, rows)
-        for ax in list(axes.flat)[len(drawn):]:
-            ax.set_visible(False)
-        fig.suptitle(f"{run_dir.name}: {len(rows)} steps ({min(rows)}–{max(rows)})")
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.4 * nrows)))
+        fig = overview_figure(f"{run_dir.name}: {len(rows)} steps ({min(rows)}–{max(rows)})", drawn, rows)
         path = out / "overview.png"
         fig.savefig(path)
         plt.close(fig)

@@ -3,7 +3,8 @@
     vlmrl quickstart [--out runs/quickstart] [--seed 0] [--recipe recipes/quickstart.yaml] [--no-direct]
                      [--size small] [--n 1024] [--n-test 128] [key=value ...]   (recipe overrides)
 
-Stages (each prints a header and has its own progress bar):
+Stages (each prints a header with the time elapsed and an estimate of the time left, see `stage_header`, and
+has its own progress bar; the summary ends with each stage's wall time):
 
 1. `make-tiny --size small` (a random Qwen2.5-VL-shaped model built offline) -> OUT/model
 2. `make-data zoom` (train and held-out splits; the quickstart's categories and symbols below) -> OUT/data
@@ -41,8 +42,33 @@ DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,
         "tag_size": 12}
 
 
-def _stage(title: str) -> float:
-    print(f"\n== {title} ==", flush=True)
+# Seconds per stage of seed 0's run on a quiet 2-core machine (README: 283 s). Each stage header estimates the
+# time left from these, rescaled by how fast the stages that ran so far went against them (a busy machine is
+# 2-3x slower: torch uses both cores).
+STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16}
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def stage_header(title: str, elapsed: float, ran: dict[str, float], todo: list[str]) -> str:
+    """`== title (0:12 elapsed, ~4:31 left) ==`. `ran`: seconds of the stages that ran so far (not reused);
+    `todo`: the stages still to come, this one included. The time left is STAGE_SECONDS of `todo` scaled by
+    this run's pace (seconds taken / reference seconds of the stages that ran), once those stages make up at
+    least 10 reference seconds; before that, the quiet 2-core machine's pace, and the header says so."""
+    ref_ran = sum(STAGE_SECONDS[k] for k in ran)
+    calibrated = ref_ran >= 10
+    pace = sum(ran.values()) / ref_ran if calibrated else 1.0
+    left = pace * sum(STAGE_SECONDS[k] for k in todo)
+    how = "" if calibrated else " at a quiet 2-core machine's pace"
+    return f"== {title} ({_clock(elapsed)} elapsed, ~{_clock(left)} left{how}) =="
+
+
+def _stage(title: str, t_start: float, times: dict[str, float], reused: set, todo: list[str]) -> float:
+    ran = {k: v for k, v in times.items() if k not in reused}
+    print("\n" + stage_header(title, time.time() - t_start, ran, todo), flush=True)
     return time.time()
 
 
@@ -118,31 +144,37 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
               f"sft.output={sft_model}", f"train.output_dir={rl}", f"train.seed={seed}", *(overrides or [])]
     cfg = load_config(recipe, common)
     d = {**DATA, **(data_args or {})}
-    times = {}
+    times, reused = {}, set()  # seconds per stage; stages whose output was reused (not part of the pace)
+    todo = [*STAGE_SECONDS][:None if direct else -1]
+    stage = lambda title: _stage(title, t_start, times, reused, todo[len(times):])  # noqa: E731
 
-    t = _stage("1/6 tiny model (offline)")
+    t = stage("1/6 tiny model (offline)")
     if not (model / "config.json").is_file():
         _cli(["make-tiny", "--family", "qwen2_5_vl", "--size", size, "--seed", str(seed), "--out", str(model)])
     times["model"] = time.time() - t
 
-    t = _stage("2/6 synthetic zoom data (train + held-out)")
+    t = stage("2/6 synthetic zoom data (train + held-out)")
     if not (data / "test.jsonl").is_file():
         _cli(["make-data", "zoom", "--out", str(data), "--n", str(d["n"]), "--n-test", str(d["n_test"]),
               "--seed", str(seed), "--image-size", str(d["image_size"]), "--categories", d["categories"],
               "--tag-layout", d["tag_layout"], "--tag-size", str(d["tag_size"])])
     times["data"] = time.time() - t
 
-    t = _stage("3/6 SFT warm start on scripted demonstrations")
+    t = stage("3/6 SFT warm start on scripted demonstrations")
     if not (sft_model / "config.json").is_file():
         _cli(["sft", str(recipe), *common])
+    else:
+        reused.add("sft")
     times["sft"] = time.time() - t
 
-    t = _stage("4/6 DTPO in the crop-tool loop from the warm start")
+    t = stage("4/6 DTPO in the crop-tool loop from the warm start")
     if not (rl / "model" / "config.json").is_file():
         _cli(["train", str(recipe), *common, f"model.path={sft_model}", "train.resume=auto"])
+    else:
+        reused.add("rl")
     times["rl"] = time.time() - t
 
-    t = _stage("5/6 held-out evaluation (vlmrl eval --task zoom --tool)")
+    t = stage("5/6 held-out evaluation (vlmrl eval --task zoom --tool)")
     ev = out / "eval"
     # the warm start's own first-turn texts ("{question}" is filled in per sample when its thought restates it)
     crop_prefix = restate(CROP_THINK, "{question}", cfg) + "<tool_call>"
@@ -155,7 +187,7 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
     }
     times["eval"] = time.time() - t
 
-    t = _stage("6/6 summary")
+    t = stage("6/6 summary")
     rows = {name: row(name, res) for name, res in results.items()}
     verdicts = checks(rows)
     from vlmrl.viewer import build_report
@@ -165,8 +197,9 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
     summary = {"seed": seed, "rows": list(rows.values()),
                "checks": [{"claim": c, "holds": ok} for c, ok in verdicts]}
 
+    times["summary"] = time.time() - t
     if direct:
-        t = _stage("extra: GRPO vs PAPO-G on the direct (no-tool) task, same budget")
+        t = stage("extra: GRPO vs PAPO-G on the direct (no-tool) task, same budget")
         summary["direct"] = run_direct(out, cfg, seed, sft_model, data, overrides or [])
         times["direct"] = time.time() - t
     times["total"] = time.time() - t_start
