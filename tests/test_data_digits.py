@@ -36,12 +36,16 @@ def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_rows_splits_and_answers(tmp_path, source):
+def test_rows_splits_and_answers(tmp_path, source, capsys):
     out = tmp_path / "d"
     assert main(["make-data", "digits", "--out", str(out), "--source", str(source), "--n", "6", "--n-test", "4",
                  "--image-size", "56", "--seed", "3"]) == 0
     train, test = _rows(out / "train.jsonl"), _rows(out / "test.jsonl")
     assert len(train) == 6 and len(test) == 4
+    printed = capsys.readouterr().out
+    c = _answer_counts(train)
+    assert f"train: greater A {c['greater']['A']}/B {c['greater']['B']}, parity even {c['parity']['even']}/odd " \
+        f"{c['parity']['odd']}" in printed
     # no image in both splits; each row's answer follows from its label (label = source line index % 10)
     assert not {r["meta"]["source_index"] for r in train} & {r["meta"]["source_index"] for r in test}
     assert [r["meta"]["category"] for r in train] == ["digit", "parity", "greater"] * 2

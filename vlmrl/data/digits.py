@@ -159,9 +159,10 @@ def _balance_parity(items: list[tuple[int, int]], slots: list[str]) -> list[tupl
 
 def _greater_ks(labels: list[int], rng: random.Random) -> list[int]:
     """A K (0-8) per "greater" question about ``labels`` (in order) so that yes and no are as equal as the labels
-    allow, and every prefix stays near balance. A free row (label 1-8) answers whichever of yes/no the split is
-    projected to lack (the answers so far plus the forced ones still to come: a 9 is always yes, a 0 always
-    no); on a tie K is drawn uniformly and the answer follows. K is uniform over the values giving the answer."""
+    allow. A free row (label 1-8) answers whichever of yes/no the split is projected to lack (the answers so far
+    plus the forced ones still to come: a 9 is always yes, a 0 always no), so a prefix is off balance by at most
+    the forced rows' imbalance still to come; on a tie K is drawn uniformly and the answer follows. K is uniform
+    over the values giving the answer."""
     forced = [1 if lab > K_MAX else -1 if lab == 0 else 0 for lab in labels]
     ahead = sum(forced)  # yes minus no of the forced rows not yet placed
     excess, ks = 0, []  # yes minus no so far
