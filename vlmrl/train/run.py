@@ -32,9 +32,9 @@ def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, 
     with the training reward's accuracy: accuracy, tool-call rates, visual tokens (per needs_zoom split too).
     `sampler`: the trainer's, so a periodic eval reuses its packed decode weights instead of packing a second copy.
     `answers`: a list that gets each row's (kind, predicted answer, target) (vlmrl.train.health.answer_rows)."""
-    from vlmrl.train.health import answer_rows
     from vlmrl.evaluation.harness import EvalSettings, evaluate_samples
     from vlmrl.rewards.trajectories import score_trajectories
+    from vlmrl.train.health import answer_rows
 
     samples, skipped = [], 0
     for i in range(min(limit, len(dataset))):
