@@ -6,13 +6,15 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import random
 import zipfile
+from collections import Counter
 
 import pytest
 from PIL import Image
 
 from vlmrl.cli import main
-from vlmrl.data.digits import DIGITS_MEMBER, digit_image, make_digits_dataset, read_digits
+from vlmrl.data.digits import DIGITS_MEMBER, KINDS, digit_image, make_digits_dataset, plan_split, read_digits
 
 # a 3 drawn as a bar at the top row: pixel (x, 0) = 16 for x in 2..5
 BAR = [16 if (r == 0 and 2 <= c <= 5) else 0 for r in range(8) for c in range(8)]
@@ -34,12 +36,16 @@ def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_rows_splits_and_answers(tmp_path, source):
+def test_rows_splits_and_answers(tmp_path, source, capsys):
     out = tmp_path / "d"
     assert main(["make-data", "digits", "--out", str(out), "--source", str(source), "--n", "6", "--n-test", "4",
                  "--image-size", "56", "--seed", "3"]) == 0
     train, test = _rows(out / "train.jsonl"), _rows(out / "test.jsonl")
     assert len(train) == 6 and len(test) == 4
+    printed = capsys.readouterr().out
+    c = _answer_counts(train)
+    assert f"train: greater A {c['greater']['A']}/B {c['greater']['B']}, parity even {c['parity']['even']}/odd " \
+        f"{c['parity']['odd']}" in printed
     # no image in both splits; each row's answer follows from its label (label = source line index % 10)
     assert not {r["meta"]["source_index"] for r in train} & {r["meta"]["source_index"] for r in test}
     assert [r["meta"]["category"] for r in train] == ["digit", "parity", "greater"] * 2
@@ -64,6 +70,61 @@ def test_rows_splits_and_answers(tmp_path, source):
     assert _rows(tmp_path / "e" / "test.jsonl") == test
     make_digits_dataset(tmp_path / "f", n=2, n_test=4, seed=4, source=source)
     assert _rows(tmp_path / "f" / "test.jsonl") != test
+
+
+def _answer_counts(rows) -> dict:
+    out = {}
+    for r in rows:
+        out.setdefault(r["meta"]["category"], Counter())[r["answer"]] += 1
+    return out
+
+
+def test_yes_no_and_even_odd_balanced_within_each_split(tmp_path):
+    """Labels skewed to high and even digits (uniform K in 0-8 would answer "greater than K?" yes ~2/3 of the
+    time, and the parity question even ~2/3): within each split and for several sizes, yes/no and even/odd differ
+    by at most 1; every answer still follows from its label and K; the test split stays the same whatever n."""
+    weights = [1, 1, 3, 1, 3, 1, 3, 2, 3, 2]  # 0..9: evens 13 of 20, 9s (always yes) twice the 0s (always no)
+    labels = random.Random(5).choices(range(10), weights=weights, k=200)
+    src = tmp_path / "skew.csv.gz"
+    src.write_bytes(gzip.compress("".join(",".join(map(str, BAR)) + f",{lab}\n" for lab in labels).encode()))
+    for n in (7, 61, 150):
+        out = tmp_path / f"d{n}"
+        info = make_digits_dataset(out, n=n, n_test=45, seed=1, source=src, image_size=8)
+        for split in ("train", "test"):
+            rows = _rows(out / f"{split}.jsonl")
+            counts = _answer_counts(rows)
+            assert counts == {k: Counter(v) for k, v in info["counts"][split].items()}
+            yes, no = counts["greater"]["A"], counts["greater"]["B"]
+            even, odd = counts["parity"]["even"], counts["parity"]["odd"]
+            assert abs(yes - no) <= 1 and abs(even - odd) <= 1, (n, split, counts)
+            assert yes + no == sum(r["meta"]["category"] == "greater" for r in rows)
+            for r in rows:
+                assert r["meta"]["label"] == labels[r["meta"]["source_index"]]
+                if r["meta"]["category"] == "greater":
+                    k = int(r["question"].rstrip("?").split()[-1])
+                    assert 0 <= k <= 8 and r["answer"] == ("A" if r["meta"]["label"] > k else "B")
+            # images stay in their split: the train rows are the n images after the 45 test images
+            assert len({r["meta"]["source_index"] for r in rows}) == len(rows)
+        assert (out / "test.jsonl").read_text() == (tmp_path / "d7" / "test.jsonl").read_text()
+
+
+def test_plan_split_values_and_label_limits():
+    rng = random.Random(0)
+    # only 9s: every greater-than answer is yes, whatever K (the label-imposed limit); K still in 0-8
+    plan = plan_split([(i, 9) for i in range(6)], ("greater",), rng)
+    assert all(kind == "greater" and 0 <= k <= 8 and 9 > k for _, _, kind, k in plan)
+    # two 9s (always yes) and a 0 (always no); the four free 5s make up the rest: 7 rows, so yes and no differ by 1
+    items = [(0, 9), (1, 5), (2, 5), (3, 9), (4, 5), (5, 0), (6, 5)]
+    ans = ["yes" if lab > k else "no" for _, lab, _, k in plan_split(items, ("greater",), random.Random(1))]
+    assert abs(ans.count("yes") - ans.count("no")) == 1 and ans[0] == ans[3] == "yes" and ans[5] == "no"
+    # parity slots (every other row): evens 0, 2, 4 first, then odds; the odd images move up into parity slots
+    items = [(i, lab) for i, lab in enumerate([0, 2, 4, 6, 8, 1, 3, 5])]
+    plan = plan_split(items, ("parity", "digit"), random.Random(0))
+    asked = [lab for _, lab, kind, _ in plan if kind == "parity"]
+    assert sorted(p[0] for p in plan) == list(range(8)) and [lab % 2 for lab in asked] == [0, 1, 0, 1]
+    # all even: no odd image to take, so all parity answers stay even (the limit), nothing lost
+    plan = plan_split([(i, 2 * i % 10) for i in range(6)], KINDS, random.Random(0))
+    assert [p[0] for p in plan] == list(range(6))
 
 
 def test_wheel_source_kinds_and_errors(tmp_path, source, capsys):

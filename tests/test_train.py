@@ -324,5 +324,7 @@ def test_periodic_eval_runs_with_the_trainers_sampler(tiny_policies):
     scripted = ScriptedSampler(pol.tokenizer, lambda row, turn: "<think>ok</think><answer>7</answer>")
     scripted.start(len(samples))
     cfg = load_config(None, ["rollout.max_new_tokens=16"])
-    out = evaluate(pol, samples, cfg, limit=3, sampler=scripted)
+    answers = []  # what the answer-collapse health check counts: (kind = answer type here, predicted, target)
+    out = evaluate(pol, samples, cfg, limit=3, sampler=scripted, answers=answers)
     assert out["eval/accuracy"] == pytest.approx(2 / 3) and out["eval/skipped_samples"] == 0
+    assert answers == [("number", "7", "7"), ("number", "7", "7"), ("number", "7", "3")]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from vlmrl.config import ConfigError, HealthConfig, load_config
-from vlmrl.train.health import FLAGS, HealthMonitor, entropy_collapsed, reward_up_eval_down, zero_std_streak
+from vlmrl.train.health import (FLAGS, HealthMonitor, answer_rows, canonical_answer, collapsed_answers,
+                                 entropy_collapsed, reward_up_eval_down, zero_std_streak)
 
 
 def test_reward_up_eval_down_values():
@@ -67,6 +68,54 @@ def test_monitor_flags_and_warns_once(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_collapsed_answers_values():
+    # the seed-2 digits run: 66 of 66 greater-than answers "B" while the test split is 39 yes / 27 no
+    rows = [("greater", "B", "A")] * 39 + [("greater", "B", "B")] * 27
+    rows += [("digit", str(i % 10), str(i % 10)) for i in range(66)]  # a healthy kind next to it
+    assert collapsed_answers(rows, share=0.9, min_n=10) == [
+        {"kind": "greater", "answer": "B", "share": 1.0, "target_share": 39 / 66, "n": 66}]
+    # 59 of 66 = 0.894 "B": under 0.9, over 0.85
+    part = [("greater", "B", "A")] * 33 + [("greater", "B", "B")] * 26 + [("greater", "A", "A")] * 7
+    assert collapsed_answers(part, 0.9, 10) == []
+    assert [x["kind"] for x in collapsed_answers(part, 0.85, 10)] == ["greater"]
+    # the targets themselves are that lopsided (>= share): answering the majority is not a collapse
+    lopsided = [("k", "no", "no")] * 19 + [("k", "no", "yes")]
+    assert collapsed_answers(lopsided, 0.9, 10) == [] and collapsed_answers(lopsided, 0.96, 10) != []
+    # missing answers (None) never count as the collapsed answer, but count in n
+    assert collapsed_answers([("k", None, "a")] * 18 + [("k", "b", "b")] * 2, 0.9, 10) == []
+    assert collapsed_answers([("k", "b", "a")] * 5 + [("k", "b", "b")] * 5, 0.9, 11) == []  # too few rows
+    assert len(collapsed_answers([("k", "b", "a")] * 5 + [("k", "b", "b")] * 5, 0.9, 10)) == 1
+
+
+def test_answer_rows_and_canonical_answers():
+    from types import SimpleNamespace as T
+
+    assert canonical_answer("no", "choice", ["yes", "no"]) == canonical_answer("(B)", "choice", ["yes", "no"]) == "B"
+    assert canonical_answer("7.0", "number") == "7" and canonical_answer("12 %", "number") == "12%"
+    assert canonical_answer("3 or 4", "number") is None and canonical_answer("The Odd.", "word") == "odd"
+    assert canonical_answer("", "word") is None and canonical_answer(None, "word") is None
+    trajs = [T(final_text="<answer>B</answer>", answer="A", answer_type="choice", choices=["yes", "no"],
+               meta={"category": "greater"}),
+             T(final_text="it is <answer>Even</answer>", answer=["even"], answer_type="word", choices=None, meta={}),
+             T(final_text="no tag", answer="7", answer_type="number", choices=None, meta=None)]
+    assert answer_rows(trajs) == [("greater", "B", "A"), ("word", "even", "even"), ("number", None, "7")]
+
+
+def test_monitor_flags_answer_collapse_from_the_eval_answers(capsys):
+    mon = HealthMonitor(HealthConfig(answer_collapse_min_n=4))
+    collapsed = [("greater", "B", "A"), ("greater", "B", "B"), ("greater", "B", "A"), ("greater", "B", "B")]
+    healthy = [("greater", "A", "A"), ("greater", "B", "B"), ("greater", "B", "A"), ("greater", "B", "B")]
+    steps = [(None, 0), (healthy, 0), (None, 0), (collapsed, 1), (None, 1), (collapsed, 1), (healthy, 0)]
+    got = [mon.update(i + 1, {"reward/mean": 0.5}, answers=a)["health/answer_collapse"] for i, (a, _) in
+           enumerate(steps)]
+    assert got == [want for _, want in steps]  # between evals the last eval's state holds
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "warning: step 4: answer collapse" in err
+    assert 'question kind "greater": 100% of 4 eval answers are "B" (the most common target answer is 50%)' in err
+    with pytest.raises(ConfigError, match="answer_collapse_share must be in"):
+        load_config(None, ["train.health.answer_collapse_share=0"])
+
+
 def test_health_settings_from_the_recipe():
     cfg = load_config(None, ["train.health.eval_window=4", "train.health.entropy_ratio=0.1"])
     assert cfg.train.health.eval_window == 4 and cfg.train.health.entropy_ratio == 0.1
@@ -77,21 +126,31 @@ def test_health_settings_from_the_recipe():
 
 @pytest.mark.slow
 def test_flags_reach_metrics_jsonl(tiny_dirs, tmp_path, capsys, monkeypatch):
-    """Two tiny steps with thresholds every step meets: the flag is in metrics.jsonl and warned once."""
+    """Two tiny steps with thresholds every step meets: the flag is in metrics.jsonl and warned once; the
+    periodic eval's answers (a stand-in eval: all "B") reach the answer-collapse check."""
     from vlmrl.data.synthetic import make_zoom_dataset
     from vlmrl.train.metrics import read_metrics
     from vlmrl.train.run import run_training
 
+    import vlmrl.train.run as run_mod
+
+    def fake_eval(policy, dataset, cfg, limit, sampler=None, answers=None):  # a collapsed eval, without decoding
+        answers.extend([("greater", "B", "A"), ("greater", "B", "B")] * 5)
+        return {"eval/accuracy": 0.5}
+
+    monkeypatch.setattr(run_mod, "evaluate", fake_eval)
     monkeypatch.setenv("VLMRL_NO_PROGRESS", "1")
     make_zoom_dataset(tmp_path / "data", n=4, n_test=2, seed=0)
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "recipes" / "grpo.yaml", [
         f"model.path={tiny_dirs['qwen2_5_vl']}", f"data.train={tmp_path / 'data' / 'train.jsonl'}",
         f"train.output_dir={tmp_path / 'run'}", "train.steps=2", "train.prompts_per_step=2", "rollout.group_size=2",
-        "rollout.max_new_tokens=4", "train.eval_every=0", "train.plot=false", "model.dtype=float32",
+        "rollout.max_new_tokens=4", f"data.eval={tmp_path / 'data' / 'test.jsonl'}", "train.eval_every=2", "train.plot=false", "model.dtype=float32",
         "model.device=cpu", "train.health.zero_std_frac=0.0", "train.health.zero_std_steps=1"])
     out = run_training(cfg)
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["health/zero_std"] for r in rows] == [1, 1]
     assert [r["health/entropy_collapse"] for r in rows] == [0, 0]
-    assert capsys.readouterr().err.count("zero_std_frac >= 0.0 for 1 steps in a row") == 1
+    assert [r["health/answer_collapse"] for r in rows] == [0, 1]  # the eval at step 2: 10 of 10 "B"
+    err = capsys.readouterr().err
+    assert err.count("zero_std_frac >= 0.0 for 1 steps in a row") == 1 and err.count("answer collapse") == 1

@@ -305,12 +305,17 @@ class HealthConfig:
     zero_std_steps: int = 5  # ... for this many steps in a row
     entropy_ratio: float = 0.2  # entropy below this fraction of its start ...
     entropy_steps: int = 3  # ... (means over the first and the last this many steps)
+    answer_collapse_share: float = 0.9  # one answer this share of a question kind's eval predictions ...
+    answer_collapse_min_n: int = 10  # ... (kinds with at least this many eval rows)
 
     def __post_init__(self):
         if self.eval_window < 2:
             raise ConfigError(f"train.health.eval_window must be >= 2 (evals compared), got {self.eval_window}")
         if self.zero_std_steps < 1 or self.entropy_steps < 1:
             raise ConfigError("train.health.zero_std_steps and entropy_steps must be >= 1")
+        if not 0 < self.answer_collapse_share <= 1 or self.answer_collapse_min_n < 1:
+            raise ConfigError("train.health.answer_collapse_share must be in (0, 1] and answer_collapse_min_n >= 1, "
+                              f"got {self.answer_collapse_share}, {self.answer_collapse_min_n}")
 
 
 @dataclass

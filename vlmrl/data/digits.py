@@ -18,7 +18,11 @@ parity      Is the digit written in the image even or odd?        word         "
 greater     Is the digit written in the image greater than K?     choice       "A" (yes) | "B" (no)
 ==========  ====================================================  ===========  =================
 
-(K is drawn per row from 0-8.) The test split is the first ``n_test`` images of a seeded shuffle and the
+The answers are balanced within each split (:func:`plan_split`, deterministic from the seed): "greater" picks
+each row's target answer so that yes and no stay as equal as the labels allow (a 0 is never greater and a 9
+always is; K is then drawn from 0-8 to give that answer), and "parity" takes, where the image in turn has the
+parity already in excess, the next image of the other parity in its place (images move within their split
+only). The test split is the first ``n_test`` images of a seeded shuffle and the
 train split the next ``n``, so train and test never share an image, and a larger ``n`` keeps the same test
 set. Rows are vlmrl's JSONL (``{"id", "images", "question", "answer", "answer_type", "choices"?, "meta"}``
 with ``meta`` = ``{"category", "label", "source_index", "needs_zoom": false}``); ``eval/digits.yaml`` scores
@@ -46,6 +50,7 @@ _QUESTIONS = {
     "greater": "Is the digit written in the image greater than {k}?",
 }
 _ANSWER_TYPES = {"digit": "number", "parity": "word", "greater": "choice"}
+K_MAX = 8  # "greater than K" asks K in 0-K_MAX
 
 
 def find_source(source: str | Path | None = None) -> Path:
@@ -113,17 +118,77 @@ def digit_image(pixels: list[int], size: int) -> Image.Image:
     return small.resize((size, size), Image.BICUBIC).convert("RGB")
 
 
-def digit_row(kind: str, label: int, rng: random.Random) -> dict:
-    """question, answer, answer_type (and choices) of one row of ``kind`` about a digit ``label``."""
+def digit_row(kind: str, label: int, k: int | None = None) -> dict:
+    """question, answer, answer_type (and choices) of one row of ``kind`` about a digit ``label`` (``k``: the K
+    of a "greater" question, 0-8)."""
     if kind == "digit":
         return {"question": _QUESTIONS[kind], "answer": str(label), "answer_type": "number"}
     if kind == "parity":
         return {"question": _QUESTIONS[kind], "answer": "even" if label % 2 == 0 else "odd", "answer_type": "word"}
     if kind == "greater":
-        k = rng.randint(0, 8)
+        if k is None or not 0 <= k <= K_MAX:
+            raise ValueError(f"a greater-than question needs K in 0-{K_MAX}, got {k!r}")
         return {"question": _QUESTIONS[kind].format(k=k), "answer": "A" if label > k else "B",
                 "answer_type": "choice", "choices": ["yes", "no"]}
     raise ValueError(f"unknown question kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+
+def _balance_parity(items: list[tuple[int, int]], slots: list[str]) -> list[tuple[int, int]]:
+    """``items`` ((source index, label) in split order) reordered so that the "parity" slots hold evens and odds
+    as equally as the split's images allow: at a parity slot whose image has the parity already in excess, the
+    next image of the other parity swaps places with it (else the nearest earlier one on a slot of another kind;
+    else, none being left, it stays)."""
+    items = list(items)
+    excess = 0  # evens minus odds asked so far
+    for i, kind in enumerate(slots):
+        if kind != "parity":
+            continue
+        if excess:
+            want_even = excess < 0
+            if (items[i][1] % 2 == 0) != want_even:
+                later = (j for j in range(i + 1, len(items)) if (items[j][1] % 2 == 0) == want_even)
+                earlier = (j for j in range(i - 1, -1, -1)
+                           if slots[j] != "parity" and (items[j][1] % 2 == 0) == want_even)
+                j = next(later, None)
+                j = next(earlier, None) if j is None else j
+                if j is not None:
+                    items[i], items[j] = items[j], items[i]
+        excess += 1 if items[i][1] % 2 == 0 else -1
+    return items
+
+
+def _greater_ks(labels: list[int], rng: random.Random) -> list[int]:
+    """A K (0-8) per "greater" question about ``labels`` (in order) so that yes and no are as equal as the labels
+    allow. A free row (label 1-8) answers whichever of yes/no the split is projected to lack (the answers so far
+    plus the forced ones still to come: a 9 is always yes, a 0 always no), so a prefix is off balance by at most
+    the forced rows' imbalance still to come; on a tie K is drawn uniformly and the answer follows. K is uniform
+    over the values giving the answer."""
+    forced = [1 if lab > K_MAX else -1 if lab == 0 else 0 for lab in labels]
+    ahead = sum(forced)  # yes minus no of the forced rows not yet placed
+    excess, ks = 0, []  # yes minus no so far
+    for lab, f in zip(labels, forced):
+        ahead -= f
+        projected = excess + ahead
+        if f:
+            yes = f > 0
+        elif projected:
+            yes = projected < 0
+        else:
+            yes = lab > rng.randint(0, K_MAX)
+        k = rng.randint(0, lab - 1) if yes else rng.randint(lab, K_MAX)
+        ks.append(k)
+        excess += 1 if yes else -1
+    return ks
+
+
+def plan_split(items: list[tuple[int, int]], kinds: tuple[str, ...], rng: random.Random
+               ) -> list[tuple[int, int, str, int | None]]:
+    """The rows of one split: ``items`` ((source index, label) in split order) -> [(source index, label, kind,
+    K or None)]. Kinds are asked in turn; the parity and greater-than answers are balanced (module docstring)."""
+    slots = [kinds[i % len(kinds)] for i in range(len(items))]
+    items = _balance_parity(items, slots)
+    ks = iter(_greater_ks([lab for (_, lab), kind in zip(items, slots) if kind == "greater"], rng))
+    return [(idx, lab, kind, next(ks) if kind == "greater" else None) for (idx, lab), kind in zip(items, slots)]
 
 
 def make_digits_dataset(out_dir: str | Path, n: int = 600, n_test: int = 200, seed: int = 0,
@@ -153,13 +218,12 @@ def make_digits_dataset(out_dir: str | Path, n: int = 600, n_test: int = 200, se
     for split in ("train", "test"):
         rng = random.Random(f"{seed}-{split}")
         lines, by_kind = [], {k: {} for k in kinds}
-        for i, idx in enumerate(splits[split]):
-            pixels, label = digits[idx]
-            kind = kinds[i % len(kinds)]
+        plan = plan_split([(idx, digits[idx][1]) for idx in splits[split]], kinds, rng)
+        for i, (idx, label, kind, k) in enumerate(plan):
             rel = f"images/digit-{idx:04d}.png"
             if not (out / rel).exists() or overwrite:
-                digit_image(pixels, image_size).save(out / rel, format="PNG")
-            row = {"id": f"digits-{split}-{i:05d}", "images": [rel], **digit_row(kind, label, rng),
+                digit_image(digits[idx][0], image_size).save(out / rel, format="PNG")
+            row = {"id": f"digits-{split}-{i:05d}", "images": [rel], **digit_row(kind, label, k),
                    "meta": {"category": kind, "label": label, "source_index": idx, "needs_zoom": False}}
             lines.append(json.dumps(row) + "\n")
             by_kind[kind][row["answer"]] = by_kind[kind].get(row["answer"], 0) + 1

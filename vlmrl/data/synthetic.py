@@ -542,4 +542,10 @@ def _run_digits(args) -> int:
         raise _usage_error(str(e)) from None
     print(f"wrote {info['n']} train and {info['n_test']} test digits ({size}x{size}, {', '.join(kinds)}) from "
           f"{info['source']} to {args.out}: train.jsonl, test.jsonl, images/, info.json")
+    for split in ("train", "test"):  # the balanced answers (vlmrl.data.digits.plan_split)
+        c = info["counts"][split]
+        parts = [f"{k} " + "/".join(f"{a} {c[k].get(a, 0)}" for a in ans) for k, ans in
+                 (("greater", ("A", "B")), ("parity", ("even", "odd"))) if k in c]
+        if parts:
+            print(f"  {split}: " + ", ".join(parts))
     return 0

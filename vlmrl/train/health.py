@@ -16,20 +16,27 @@ health/zero_std            ``zero_std_frac`` >= ``zero_std_frac`` [0.9] for ``ze
 health/entropy_collapse    the mean ``entropy/policy`` of the last ``entropy_steps`` [3] steps is
                            below ``entropy_ratio`` [0.2] x its mean over the first ``entropy_steps``:
                            the policy collapsed onto a few answers
+health/answer_collapse     at the last periodic eval, for some question kind (``meta.category``,
+                           else the answer type) with >= ``answer_collapse_min_n`` [10] eval
+                           rows, one answer takes >= ``answer_collapse_share`` [0.9] of the
+                           greedy predictions while the targets' most common answer has a
+                           smaller share: the model answers the same whatever the image (e.g.
+                           always "no"; the split's majority answer)
 =========================  ===================================================================
 
 The checks are pure functions of the metric history (:func:`reward_up_eval_down`,
-:func:`zero_std_streak`, :func:`entropy_collapsed`); :class:`HealthMonitor` keeps that history across
-steps. A resumed run starts a fresh history (the checks need their windows again).
+:func:`zero_std_streak`, :func:`entropy_collapsed`) and of the eval's answers (:func:`answer_rows`,
+:func:`collapsed_answers`); :class:`HealthMonitor` keeps that history across steps. A resumed run starts a fresh history (the checks need their windows again).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 
-FLAGS = ("health/reward_up_eval_down", "health/zero_std", "health/entropy_collapse")
+FLAGS = ("health/reward_up_eval_down", "health/zero_std", "health/entropy_collapse", "health/answer_collapse")
 
 
 def _finite(x) -> bool:
@@ -68,6 +75,60 @@ def entropy_collapsed(values: list[float], steps: int, ratio: float) -> bool:
     return start > 0 and now < ratio * start
 
 
+def canonical_answer(text, answer_type: str = "word", choices=None) -> str | None:
+    """One answer as a value to count: an option letter for "choice", the number ("7", "0.5", "12%") for
+    "number", the normalised words for "word" (and any other type), the stripped text for "math"; None when
+    there is none (no option letter, no single number, nothing left)."""
+    from vlmrl.rewards.accuracy import ANSWER_TYPES, normalize_text, parse_choice, parse_number
+
+    if text is None:
+        return None
+    kind = ANSWER_TYPES.get(str(answer_type).lower(), "word")
+    if kind == "choice":
+        return parse_choice(text, choices)
+    if kind == "number":
+        num = parse_number(text)
+        return None if num is None else f"{num[0]:g}" + ("%" if num[1] else "")
+    value = str(text).strip() if kind == "math" else normalize_text(str(text))
+    return value or None
+
+
+def answer_rows(trajs) -> list[tuple[str, str | None, str | None]]:
+    """(question kind, predicted answer, target answer) per trajectory, both as :func:`canonical_answer`
+    values; the kind is the row's ``meta.category`` where it has one, else its answer type. The prediction
+    is the response's extracted answer (the last <answer>...</answer> or \\boxed{})."""
+    from vlmrl.rewards.extract import extract_answer
+
+    out = []
+    for t in trajs:
+        target = t.answer[0] if isinstance(t.answer, (list, tuple)) and t.answer else t.answer
+        kind = (t.meta or {}).get("category") or t.answer_type or "word"
+        out.append((str(kind), canonical_answer(extract_answer(t.final_text), t.answer_type, t.choices),
+                    canonical_answer(target, t.answer_type, t.choices)))
+    return out
+
+
+def collapsed_answers(rows, share: float, min_n: int) -> list[dict]:
+    """``rows``: (kind, predicted answer or None, target answer) per eval row. For each kind with >= min_n
+    rows where one predicted answer (not None) makes >= ``share`` of the predictions while the most common
+    target is below ``share``: ``{"kind", "answer", "share", "target_share", "n"}``, sorted by kind."""
+    by_kind: dict[str, list] = {}
+    for kind, pred, target in rows:
+        by_kind.setdefault(kind, []).append((pred, target))
+    out = []
+    for kind in sorted(by_kind):
+        pairs = by_kind[kind]
+        n = len(pairs)
+        preds = Counter(p for p, _ in pairs if p is not None)
+        if n < min_n or not preds:
+            continue
+        answer, count = preds.most_common(1)[0]
+        target_share = Counter(t for _, t in pairs).most_common(1)[0][1] / n
+        if count / n >= share and target_share < share:
+            out.append({"kind": kind, "answer": answer, "share": count / n, "target_share": target_share, "n": n})
+    return out
+
+
 @dataclass
 class HealthMonitor:
     """Feed it every step's metrics (after the periodic eval joined them); it returns the flags to log."""
@@ -79,11 +140,16 @@ class HealthMonitor:
     zero_std: list = field(default_factory=list)
     entropy: list = field(default_factory=list)
     warned: set = field(default_factory=set)
+    collapsed: list = field(default_factory=list)  # collapsed_answers() of the last eval
 
-    def update(self, step: int, metrics: dict) -> dict:
+    def update(self, step: int, metrics: dict, answers: list | None = None) -> dict:
+        """``answers``: the :func:`answer_rows` of this step's periodic eval (None: no eval this step; the
+        answer-collapse flag keeps the last eval's value)."""
         c = self.cfg
         if not c.enabled:
             return {}
+        if answers is not None:
+            self.collapsed = collapsed_answers(answers, c.answer_collapse_share, c.answer_collapse_min_n)
         if _finite(metrics.get("reward/mean")):
             self.rewards.append(float(metrics["reward/mean"]))
         if _finite(metrics.get("eval/accuracy")) and self.rewards:
@@ -96,6 +162,7 @@ class HealthMonitor:
                                                               c.min_reward_rise),
             "health/zero_std": zero_std_streak(self.zero_std, c.zero_std_frac) >= c.zero_std_steps,
             "health/entropy_collapse": entropy_collapsed(self.entropy, c.entropy_steps, c.entropy_ratio),
+            "health/answer_collapse": bool(self.collapsed),
         }
         for name, on in flags.items():
             if on and name not in self.warned:
@@ -116,6 +183,13 @@ class HealthMonitor:
             return (f"zero_std_frac >= {c.zero_std_frac} for {c.zero_std_steps} steps in a row: almost every group "
                     "has a single reward value, so almost nothing is learned (task too easy or too hard for the model, "
                     "or too few samples per prompt) [train.health.zero_std_frac, zero_std_steps]")
+        if name == "health/answer_collapse":
+            parts = "; ".join(f'question kind "{x["kind"]}": {x["share"]:.0%} of {x["n"]} eval answers are '
+                              f'"{x["answer"]}" (the most common target answer is {x["target_share"]:.0%})'
+                              for x in self.collapsed)
+            return (f"answer collapse: {parts}: the model gives one answer whatever the image (often the training "
+                    "split's majority answer); balance the training answers, lower the learning rate, or add a KL "
+                    "term [train.health.answer_collapse_share, answer_collapse_min_n]")
         vals = [v for v in self.entropy if _finite(v)]
         s = sum(vals[:c.entropy_steps]) / c.entropy_steps
         n = sum(vals[-c.entropy_steps:]) / c.entropy_steps

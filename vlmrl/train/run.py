@@ -26,12 +26,15 @@ from vlmrl.train.metrics import MetricsLogger, progress, reduce_metrics
 from vlmrl.train.trainer import Trainer, save_run_config
 
 
-def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, seed: int = 0, sampler=None) -> dict:
+def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, seed: int = 0, sampler=None,
+             answers: list | None = None) -> dict:
     """Greedy held-out evaluation through the eval harness (vlmrl.evaluation.harness.evaluate_samples), scored
     with the training reward's accuracy: accuracy, tool-call rates, visual tokens (per needs_zoom split too).
-    `sampler`: the trainer's, so a periodic eval reuses its packed decode weights instead of packing a second copy."""
+    `sampler`: the trainer's, so a periodic eval reuses its packed decode weights instead of packing a second copy.
+    `answers`: a list that gets each row's (kind, predicted answer, target) (vlmrl.train.health.answer_rows)."""
     from vlmrl.evaluation.harness import EvalSettings, evaluate_samples
     from vlmrl.rewards.trajectories import score_trajectories
+    from vlmrl.train.health import answer_rows
 
     samples, skipped = [], 0
     for i in range(min(limit, len(dataset))):
@@ -44,8 +47,13 @@ def evaluate(policy, dataset, cfg: Config, limit: int, mode: str | None = None, 
         return {"eval/skipped_samples": skipped}
     settings = EvalSettings(rollout=replace(cfg.rollout, mode=mode or cfg.rollout.mode), samples=1, batch_size=8,
                             seed=seed)
-    res = evaluate_samples(samples, policy, settings,
-                           lambda trajs: score_trajectories(trajs, 1, "accuracy_format")[1]["accuracy"], sampler)
+
+    def score(trajs):
+        if answers is not None:
+            answers.extend(answer_rows(trajs))
+        return score_trajectories(trajs, 1, "accuracy_format")[1]["accuracy"]
+
+    res = evaluate_samples(samples, policy, settings, score, sampler)
     out = {"eval/accuracy": res["accuracy"], "eval/tool_call_rate": res["tool_call_rate"],
            "eval/visual_tokens_per_sample": res["visual_tokens_per_sample"], "eval/skipped_samples": skipped}
     for flag, name in (("true", "zoom"), ("false", "no_zoom")):
@@ -155,9 +163,12 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     for step in range(start + 1, cfg.train.steps + 1):
         metrics, trajs = trainer.step()
         metrics = reduce_metrics(metrics, acc)
+        answers = None
         if eval_set is not None and step % cfg.train.eval_every == 0:
-            metrics.update(evaluate(trainer.policy, eval_set, cfg, cfg.train.eval_samples, sampler=trainer.sampler))
-        metrics.update(health.update(step, metrics))
+            answers = []
+            metrics.update(evaluate(trainer.policy, eval_set, cfg, cfg.train.eval_samples, sampler=trainer.sampler,
+                                    answers=answers))
+        metrics.update(health.update(step, metrics, answers=answers))
         record = logger.log(step, metrics)
         if trainer.is_main and trajs and cfg.train.trace_samples:
             save_traces(out / "traces" / f"step-{step:06d}.jsonl", trajs[:cfg.train.trace_samples], step=step)
