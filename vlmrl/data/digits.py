@@ -42,6 +42,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlmrl.data.synthetic import dataset_dir
+
 DIGITS_MEMBER = "sklearn/datasets/data/digits.csv.gz"
 KINDS = ("digit", "parity", "greater")
 _QUESTIONS = {
@@ -206,11 +208,7 @@ def make_digits_dataset(out_dir: str | Path, n: int = 600, n_test: int = 200, se
     digits, sha = read_digits(src)
     if n < 0 or n_test < 0 or n + n_test > len(digits):
         raise ValueError(f"n={n} train + n_test={n_test} test images must be >= 0 and fit the {len(digits)} digits")
-    out = Path(out_dir)
-    existing = [p for p in ("train.jsonl", "test.jsonl", "info.json") if (out / p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out = dataset_dir(out_dir, overwrite)
     order = list(range(len(digits)))
     random.Random(seed).shuffle(order)
     splits = {"test": order[:n_test], "train": order[n_test:n_test + n]}

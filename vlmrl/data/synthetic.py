@@ -401,6 +401,17 @@ def make_zoom_sample(seed: int, index: int, split: str = "train", config: ZoomCo
     return render_scene(scene), row
 
 
+def dataset_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """The folder a generated dataset is written to (with its ``images/``); FileExistsError if it already holds a
+    dataset's files and `overwrite` is not set."""
+    out = Path(out_dir)
+    existing = [p for p in ("train.jsonl", "test.jsonl", "info.json") if (out / p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def make_zoom_dataset(out_dir: str | Path, n: int = 200, n_test: int = 50, seed: int = 0,
                       config: ZoomConfig | None = None, *, overwrite: bool = False) -> dict:
     """Write ``train.jsonl``, ``test.jsonl``, ``images/`` and ``info.json`` under ``out_dir``; returns
@@ -408,11 +419,7 @@ def make_zoom_dataset(out_dir: str | Path, n: int = 200, n_test: int = 50, seed:
     cfg = config or ZoomConfig()
     if n < 0 or n_test < 0:
         raise ValueError(f"sample counts must be >= 0, got n={n}, n_test={n_test}")
-    out = Path(out_dir)
-    existing = [p for p in ("train.jsonl", "test.jsonl", "info.json") if (out / p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out = dataset_dir(out_dir, overwrite)
     counts: dict[str, dict[str, int]] = {}
     for split, count in (("train", n), ("test", n_test)):
         counts[split] = {c: 0 for c in cfg.categories}

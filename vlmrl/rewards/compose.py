@@ -273,13 +273,18 @@ def _call(fn, response, sample):
 
 # --------------------------------------------------------------------------- DTPO's rewards as parts
 
-def _dtpo(responses, samples, area_from: str = "crop", **kw) -> dict[str, list[float]]:
+def dtpo_items(responses, samples, area_from: str = "crop") -> list[dict]:
+    """`dtpo_group_rewards`' items from reward samples (`reward_sample`): the valid crops and the image size, and with
+    `area_from` "raw" AdaptVision's area term (the boxes as written over the seen image) instead of the crops'."""
     if area_from not in ("crop", "raw"):
         raise ValueError(f"reward.area_from must be 'crop' or 'raw', got {area_from!r}")
-    items = [{"response": r, "sample": s, "crops": s.get("crops") or [], "image_size": s.get("image_size")}
-             | ({"area": float(s.get("crop_area_raw") or 0.0)} if area_from == "raw" else {})
-             for r, s in zip(responses, samples)]
-    return dtpo_group_rewards(items, [int(s["group_id"]) for s in samples], **kw)
+    return [{"response": r, "sample": s, "crops": s.get("crops") or [], "image_size": s.get("image_size")}
+            | ({"area": float(s.get("crop_area_raw") or 0.0)} if area_from == "raw" else {})
+            for r, s in zip(responses, samples)]
+
+
+def _dtpo(responses, samples, area_from: str = "crop", **kw) -> dict[str, list[float]]:
+    return dtpo_group_rewards(dtpo_items(responses, samples, area_from), [int(s["group_id"]) for s in samples], **kw)
 
 
 @batch_reward

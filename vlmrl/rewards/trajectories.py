@@ -14,7 +14,7 @@ A reward fn that raises or returns NaN/inf gives that trajectory reward 0; the c
 
 from __future__ import annotations
 
-from vlmrl.rewards.compose import legacy_parts, reward_sample, score_parts
+from vlmrl.rewards.compose import dtpo_items, legacy_parts, reward_sample, score_parts
 from vlmrl.rewards.dtpo import dtpo_group_rewards
 from vlmrl.rewards.format import format_fn
 
@@ -30,15 +30,8 @@ def score_trajectories(trajs: list, groups, name: str = "accuracy_format", forma
     term): "crop", the cut region over the original image; "raw", AdaptVision's ratio of the box as written (the
     crop tools' record "area_raw")."""
     fmt_fn = format_fn(format_style)
-    if area_from not in ("crop", "raw"):
-        raise ValueError(f"reward.area_from must be 'crop' or 'raw', got {area_from!r}")
     if name == "dtpo":
-        items = [{"response": t.final_text, "sample": reward_sample(t),
-                  "crops": [c.box_original for c in t.tool_calls if c.valid],
-                  "image_size": t.images[0].original_size} for t in trajs]
-        if area_from == "raw":
-            for it, t in zip(items, trajs):
-                it["area"] = sum(float(c.record.get("area_raw", 0.0)) for c in t.tool_calls if c.valid)
+        items = dtpo_items([t.final_text for t in trajs], [reward_sample(t) for t in trajs], area_from)
         out = dtpo_group_rewards(items, groups, w_fmt=format_weight, format_fn=fmt_fn, **dtpo_weights)
         total = [o + tl for o, tl in zip(out["outcome"], out["tool"])]
         parts = {k: [float(x) for x in v] for k, v in out.items()}
