@@ -176,13 +176,14 @@ class Trainer:
         """One flag per group (in group-id order): whether the filters keep it."""
         a = self.cfg.algo
         keep = torch.ones(len(torch.unique(groups)), dtype=torch.bool)
-        if a.dynamic_sampling and a.filter_metric == "total":  # the total's spread, or any part's (normalize_then_sum)
-            keep &= self.rewards.signal_std(total, parts, groups) >= 1e-4
-        elif a.dynamic_sampling:
-            if a.filter_metric not in parts:
+        if a.dynamic_sampling:
+            if a.filter_metric == "total":  # the total's spread, or any part's (normalize_then_sum)
+                keep &= self.rewards.signal_std(total, parts, groups) >= 1e-4
+            elif a.filter_metric not in parts:
                 raise ValueError(f"algo.filter_metric={a.filter_metric!r} is not a reward part of this recipe "
                                  f"(parts: total, {', '.join(sorted(parts))})")
-            keep &= algos.dynamic_sampling_keep(torch.tensor(parts[a.filter_metric], dtype=torch.float32), groups)
+            else:
+                keep &= algos.dynamic_sampling_keep(torch.tensor(parts[a.filter_metric], dtype=torch.float32), groups)
         if a.acc_window:
             acc = torch.tensor(parts.get("accuracy", total))
             keep &= algos.accuracy_window_keep(acc, groups, a.acc_window[0], a.acc_window[1])
