@@ -213,7 +213,9 @@ def init(self, *a, **k):
     captured['t'] = self
 Trainer.__init__ = init
 run_mod.run_training(load_config({str(ROOT / 'recipes' / 'grpo.yaml')!r}, {args!r}), acc)
-print("STATE", acc.process_index, json.dumps(captured['t'].budget.state_dict(), sort_keys=True), flush=True)
+# each rank writes its own file: two ranks printing to one pipe may interleave their lines
+open({str(tmp_path)!r} + f"/state-{{acc.process_index}}.json", "w").write(
+    json.dumps(captured['t'].budget.state_dict(), sort_keys=True))
 dist.barrier()
 del captured
 gc.collect()
@@ -229,8 +231,8 @@ os._exit(0)
                         "--main_process_port", str(port), str(script)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    states = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("STATE "))
-    assert set(states) == {"0", "1"} and states["0"] == states["1"]
+    states = {p.stem.split("-")[1]: p.read_text() for p in tmp_path.glob("state-*.json")}
+    assert set(states) == {"0", "1"} and states["0"] == states["1"], r.stdout[-2000:] + r.stderr[-2000:]
     prompts = json.loads(states["0"])["prompts"]
     # 3 steps x 2 processes x 1 prompt: the 4 rows once each, then 2 again (the second epoch), 4 rollouts or
     # Knapsack's share each time
