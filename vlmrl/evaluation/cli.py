@@ -4,11 +4,14 @@
                [--recipe RECIPE.yaml] [--samples K] [--limit N] [--out DIR] [--max-new-tokens M]
                [--prompt-style full|compact|minimal|bare] [--batch-size B] [--seed S] [--crop-min-pixels P]
                [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT] [--backend hf|vllm] [--vllm-url URL]
+               [--perception [--perception-mask-prob P] [--perception-patch-size N] [--perception-mask-order raw|resized]]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
 ``samples.jsonl``, ``traces.jsonl`` and ``results.json`` into ``--out`` (default ``eval_out/<task>``);
-an interrupted run resumes where it stopped (see :mod:`vlmrl.evaluation.harness`).
+an interrupted run resumes where it stopped (see :mod:`vlmrl.evaluation.harness`). ``--perception`` (direct mode)
+adds the perception probe: the KL between the answers' token distributions with the real and a patch-masked image, and
+the answer with the masked image (see :mod:`vlmrl.evaluation.perception`).
 
 Rollout settings: ``--recipe`` takes a training recipe's ``rollout:`` section (mode, budgets, prompt style,
 coordinate convention, ...); flags given on the command line override single fields. Without a recipe:
@@ -66,6 +69,15 @@ def add_args(parser) -> None:
                         help="with --backend vllm: a running `python -m vlmrl.models.vllm_server` serving this "
                              "--model (repeat for several)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--perception", action="store_true",
+                        help="direct mode: per doc, the token-mean KL(pi(.|q,I) || pi(.|q,I_masked)) over the answer "
+                             "and the answer with the masked image (perception/* metrics; PAPO's masking)")
+    parser.add_argument("--perception-mask-prob", type=float, default=0.6,
+                        help="with --perception: share of image tiles blacked out (default 0.6, as PAPO; 1.0: blank)")
+    parser.add_argument("--perception-patch-size", type=int, default=0,
+                        help="with --perception: tile side in pixels (default 0: the family's patch, 14 for Qwen2/2.5-VL)")
+    parser.add_argument("--perception-mask-order", default="raw", choices=("raw", "resized"),
+                        help="with --perception: mask the source image then resize (raw, PAPO's code) or the seen view")
 
 
 _FLAG_FIELDS = {"mode": "mode", "max_new_tokens": "max_new_tokens", "max_turns": "max_turns",
@@ -108,6 +120,7 @@ def run(args) -> int:
     settings = EvalSettings(rollout=rollout_settings(args, task), samples=args.samples,
                             batch_size=args.batch_size, seed=args.seed)
     settings.check()
+    perception = perception_settings(args, settings)
     docs = task.load_docs(args.data, images=True, limit=args.limit)
     if not docs:
         raise ValueError(f"task {task.name}: the data holds no documents")
@@ -120,10 +133,28 @@ def run(args) -> int:
     policy = Policy.load(model, dtype="float32" if device == "cpu" else "auto", device=device)
     out = Path(args.out) if args.out else Path("eval_out") / task.name
     result = evaluate(task, docs, policy, out, settings, progress=not args.no_progress,
-                      sampler=eval_sampler(args, policy, settings, model))
+                      sampler=eval_sampler(args, policy, settings, model), perception=perception)
     print(json.dumps(result, indent=2))
     print(f"wrote {out / 'samples.jsonl'}, {out / 'traces.jsonl'}, {out / 'results.json'}")
     return 0
+
+
+def perception_settings(args, settings):
+    """``--perception``'s settings (None without the flag); the probe runs in direct mode only."""
+    from .perception import PerceptionSettings
+
+    given = [f for f in ("mask_prob", "patch_size", "mask_order")
+             if getattr(args, "perception_" + f) != getattr(PerceptionSettings, f)]
+    if not args.perception:
+        if given:
+            raise ValueError(f"--perception-{given[0].replace('_', '-')} needs --perception")
+        return None
+    if settings.mode != "direct":
+        raise ValueError("--perception works in direct mode only (drop --tool, or use a recipe with rollout.mode: direct)")
+    ps = PerceptionSettings(mask_prob=args.perception_mask_prob, patch_size=args.perception_patch_size,
+                            mask_order=args.perception_mask_order)
+    ps.check()
+    return ps
 
 
 def eval_sampler(args, policy, settings, model: Path):

@@ -8,10 +8,12 @@ Outputs, in the output folder:
                    <answer>/\\boxed{} answer, else the raw final text), scores (per response), score
                    (their mean), parsed (per response, as the scorer parsed it), tool_calls (per
                    response: [{raw, valid, box_original, error}]), visual_tokens (per response),
-                   finish_reason (per response).
+                   finish_reason (per response); with ``--perception`` a ``perception`` entry
+                   (vlmrl/evaluation/perception.py).
 ``traces.jsonl``   the trajectories (``vlmrl view`` renders them); ``prompt_index`` is the doc_id.
 ``results.json``   ``{"task", "n", "metrics", "score", "visual_tokens_per_sample", "tool_call_rate",
-                   "by": the same per value of each boolean field (e.g. needs_zoom), ...,
+                   "by": the same per value of each boolean field (e.g. needs_zoom) (with ``--perception``
+                   also "category": the perception metrics per category), ...,
                    "skipped_docs", "skipped"}``: docs whose image cannot be decoded are left out of the
                    metrics, counted and listed (with the file and row), and tried again on resume.
 
@@ -243,12 +245,19 @@ def summarize(task, docs: list[dict], records: list[dict], settings: EvalSetting
     done_docs = [by_id[r["doc_id"]] for r in records]
     k_total = min(len(r["filtered_resps"]) for r in records)
     metrics, _ = score_k(task, done_docs, {r["doc_id"]: r["filtered_resps"] for r in records}, k_total)
+    by = breakdown(task, done_docs, records)
+    if any(r.get("perception") for r in records):  # `vlmrl eval --perception` (vlmrl/evaluation/perception.py)
+        from .perception import doc_category, perception_by, perception_metrics
+
+        metrics.update(perception_metrics(records))
+        if cats := perception_by(records, [doc_category(task, d) for d in done_docs]):
+            by["category"] = cats
     return {
         "task": task.name,
         "n": len(records),
         "metrics": metrics,
         **usage(records),
-        "by": breakdown(task, done_docs, records),
+        "by": by,
         "samples": k_total,
         "mode": settings.mode,
         "temperature": settings.temperature,
@@ -302,9 +311,10 @@ def _decodable(task, batch: list[dict], skipped: list[str]) -> tuple[list[dict],
 
 
 def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: EvalSettings,
-             progress: bool = True, sampler=None) -> dict:
+             progress: bool = True, sampler=None, perception=None) -> dict:
     """Roll out and score every doc not already in ``out_dir/samples.jsonl``; write results.json (``sampler``: the
-    generation backend, default a new ``HFSampler(policy)``)."""
+    generation backend, default a new ``HFSampler(policy)``; ``perception``: a
+    :class:`vlmrl.evaluation.perception.PerceptionSettings` to run the perception probe on every doc)."""
     from tqdm import tqdm
 
     from vlmrl.rollout.trajectory import save_traces
@@ -312,6 +322,10 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
     settings.check()
     if not docs:
         raise ValueError(f"task {task.name}: no documents to evaluate")
+    if perception is not None:
+        perception.check()
+        if settings.mode != "direct":
+            raise ValueError("--perception works in direct mode only (use --direct or a recipe with rollout.mode: direct)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples_path, traces_path = out / SAMPLES_FILE, out / TRACES_FILE
@@ -341,6 +355,12 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
             by_doc = [[t for t in trajs if t.group_id == i] for i in range(len(batch))]  # group i = batch[i]
             filtered = {d["doc_id"]: [filtered_response(t.final_text) for t in ts] for d, ts in zip(batch, by_doc)}
             _, recs = score_k(task, batch, filtered, K)
+            probe = {}
+            if perception is not None:  # vlmrl/evaluation/perception.py
+                from .perception import run_probe
+
+                probe = run_probe(task, engine, policy, batch, samples, by_doc, filtered, perception, settings.seed,
+                                  batch_generator(settings, batch[0]["doc_id"]), K)
             for t in trajs:
                 t.prompt_index = batch[t.prompt_index]["doc_id"]
             save_traces(traces_path, trajs, append=True)
@@ -362,6 +382,8 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
                     "finish_reason": [t.finish_reason for t in ts],
                     "turns": [t.turns for t in ts],
                 }
+                if probe:
+                    line["perception"] = probe[d["doc_id"]]
                 f.write(json.dumps(_jsonable(line), ensure_ascii=False) + "\n")
                 done[d["doc_id"]] = json.loads(json.dumps(_jsonable(line)))
             f.flush()
