@@ -4,7 +4,8 @@
                [--recipe RECIPE.yaml] [--samples K] [--limit N] [--out DIR] [--max-new-tokens M]
                [--prompt-style full|compact|minimal|bare] [--batch-size B] [--seed S] [--crop-min-pixels P]
                [--crop-max-pixels P] [--image-max-pixels P] [--prefix TEXT] [--backend hf|vllm] [--vllm-url URL]
-               [--perception [--perception-mask-prob P] [--perception-patch-size N] [--perception-mask-order raw|resized]]
+               [--perception [--perception-mask-prob P] [--perception-patch-size N]
+                             [--perception-mask-order raw|resized]]
 
 Greedy (temperature 0) by default; ``--samples K`` > 1 samples K answers at temperature 1.0 and
 reports avg@K. ``--tool``: AdaptVision tool mode (a low-resolution view plus crops). Writes
@@ -75,7 +76,8 @@ def add_args(parser) -> None:
     parser.add_argument("--perception-mask-prob", type=float, default=0.6,
                         help="with --perception: share of image tiles blacked out (default 0.6, as PAPO; 1.0: blank)")
     parser.add_argument("--perception-patch-size", type=int, default=0,
-                        help="with --perception: tile side in pixels (default 0: the family's patch, 14 for Qwen2/2.5-VL)")
+                        help="with --perception: tile side in pixels (default 0: the family's patch, 14 for "
+                             "Qwen2/2.5-VL)")
     parser.add_argument("--perception-mask-order", default="raw", choices=("raw", "resized"),
                         help="with --perception: mask the source image then resize (raw, PAPO's code) or the seen view")
 
@@ -150,7 +152,8 @@ def perception_settings(args, settings):
             raise ValueError(f"--perception-{given[0].replace('_', '-')} needs --perception")
         return None
     if settings.mode != "direct":
-        raise ValueError("--perception works in direct mode only (drop --tool, or use a recipe with rollout.mode: direct)")
+        raise ValueError("--perception works in direct mode only (drop --tool, or use a recipe with "
+                         "rollout.mode: direct)")
     ps = PerceptionSettings(mask_prob=args.perception_mask_prob, patch_size=args.perception_patch_size,
                             mask_order=args.perception_mask_order)
     ps.check()

@@ -171,16 +171,14 @@ def masked_prompt_views(engine, samples: list, by_doc: list[list], doc_ids: list
 
 def run_probe(task, engine, policy, batch: list[dict], samples: list, by_doc: list[list], filtered: dict,
               ps: PerceptionSettings, seed: int, generator, n_per_prompt: int) -> dict[int, dict]:
-    """The probe of one eval batch (direct mode): per doc_id its ``perception`` entry for samples.jsonl. Sets each
-    trajectory's ``token_stats["perception_kl"]`` (the trace viewer shows it per token)."""
+    """The probe of one eval batch (direct mode; `evaluate` checks it): per doc_id its ``perception`` entry for
+    samples.jsonl. Sets each trajectory's ``token_stats["perception_kl"]`` (the trace viewer shows it per token)."""
     from vlmrl.models.sampler import Prompt
     from vlmrl.rollout.trajectory import TrajImage
     from vlmrl.train.papo_views import tile_size
 
     from .harness import filtered_response, score_k
 
-    if engine.cfg.mode != "direct":
-        raise ValueError("--perception works in direct mode only (use --direct or a recipe with rollout.mode: direct)")
     doc_ids = [d["doc_id"] for d in batch]
     tile = tile_size(ps.patch_size, policy.family)
     views = masked_prompt_views(engine, samples, by_doc, doc_ids, ps, seed)
