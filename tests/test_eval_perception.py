@@ -1,7 +1,9 @@
 """`vlmrl eval --perception` (vlmrl/evaluation/perception.py): the exact per-token KL and the aggregation against
 hand-computed values; end to end on the tiny model and a small digits set: with mask_prob 0 the masked image is the
 image (KL 0, no answer changes), with a fully blanked image the KL is positive; the teacher-forced log-probs are the
-policy's own; bad flags."""
+policy's own; bad flags. The masking (vlmrl/train/papo_views.py) and the clamped k3 estimator (algos.perception_kl)
+are the trainer's, checked against PAPO's code (MikeWangWZHL/PAPO) in tests/test_papo_views.py and
+tests/test_algos_papo.py."""
 
 import json
 import math
