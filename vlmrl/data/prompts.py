@@ -223,13 +223,17 @@ def direct_messages(sample: Sample | None = None, *, question: str | None = None
     _check(style)
     question, choices, answer_type, num_images, images = _fields(sample, question, choices, answer_type,
                                                                  num_images, images)
-    sys_text = system if system is not None else {"full": DEFAULT_SYSTEM, "compact": COMPACT_SYSTEM}.get(style, "")
     text = question_text(question, choices)
     if style not in ("minimal", "bare"):
         text += f"\n{direct_instruction(answer_type, style)}"
-    msgs = [{"role": "system", "content": sys_text}] if sys_text or style == "bare" else []
-    msgs.append(_user_turn(text, num_images, images, include_images))
-    return msgs
+    return [*direct_system_turn(style, system), _user_turn(text, num_images, images, include_images)]
+
+
+def direct_system_turn(style: str, system: str | None = None) -> list[dict]:
+    """The system turn of a direct-mode prompt ([] or one message): ``system``, else the style's default (none
+    for "minimal"; an empty one for "bare", so the chat template adds no default system prompt either)."""
+    sys_text = system if system is not None else {"full": DEFAULT_SYSTEM, "compact": COMPACT_SYSTEM}.get(style, "")
+    return [{"role": "system", "content": sys_text}] if sys_text or style == "bare" else []
 
 
 def tool_messages(sample: Sample | None = None, *, question: str | None = None, choices: list[str] | None = None,

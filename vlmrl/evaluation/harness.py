@@ -116,17 +116,19 @@ def make_sample(task, doc: dict):
 def benchmark_messages(sample, cfg, family: str) -> list[dict]:
     """The task's prompt text as the user turn (images first); in tool mode the crop tool declared in
     the system turn, as the rollout engine's default does."""
-    from vlmrl.data.prompts import COMPACT_SYSTEM, DEFAULT_SYSTEM, _user_turn, tool_system_prompt
+    from vlmrl.data.prompts import _user_turn, direct_system_turn, tool_system_prompt
     from vlmrl.rollout.tools import default_convention, make_tool
 
+    user = _user_turn(sample.question, len(sample.images), None, False)
     if cfg.mode == "tool":
         convention = cfg.coord_convention or default_convention(family)
         tool = make_tool(cfg.tool, cfg.tool_name)
         system = tool_system_prompt(tool.name, convention, cfg.prompt_style,
                                     schema=tool.schema(convention, cfg.prompt_style), line=tool.short_prompt(convention))
-    else:
-        system = DEFAULT_SYSTEM if cfg.prompt_style == "full" else COMPACT_SYSTEM
-    return [{"role": "system", "content": system}, _user_turn(sample.question, len(sample.images), None, False)]
+        return [{"role": "system", "content": system}, user]
+    # the system turn of training's direct prompts for the same prompt_style (a recipe's "bare" model was trained
+    # with an empty one: a default system prompt here would show it a view it never saw)
+    return [*direct_system_turn(cfg.prompt_style), user]
 
 
 def messages_fn_for(task) -> Callable | None:
