@@ -124,12 +124,15 @@ class Local:
 
 
 def profile_step(case, path: str | None, top: int = 25) -> dict:
-    """One step of `case` under torch.profiler (CPU, every thread): the ops by self CPU time, as a table written to
+    """One step of `case` under torch.profiler (CPU, in the thread the step runs in): the ops by self CPU time, as a table written to
     `path` and as the `top` rows returned (name, calls, self CPU s, share of the step)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        reply = case.step()
+    if hasattr(case, "profiled_step"):  # TRL's case: the profiler runs in its training thread
+        reply, prof = case.profiled_step()
+    else:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            reply = case.step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     if path:

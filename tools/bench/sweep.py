@@ -72,9 +72,13 @@ GROUPS = {
 COUNT_FLOPS = ("vlmrl_grpo", "trl_grpo")  # step cases whose warm-up step runs under the FLOP counter
 
 
+ALL_GROUPS = ("vs_trl", "ablations", "allocator_off", "papo", "dtpo", "rollout")
+
+
 def plan(lengths: list[int], vocabs: list[int], image_sizes: list[int], target: tuple[int, int],
-         rollout: bool = True) -> list[dict]:
-    """The points of the sweep, in the order they run: (group, new_tokens, vocab, image size)."""
+         rollout: bool = True, groups: tuple[str, ...] = ALL_GROUPS) -> list[dict]:
+    """The points of the sweep, in the order they run: (group, new_tokens, vocab, image size); `groups` keeps
+    those groups only (the grid is group vs_trl)."""
     points = [{"group": "vs_trl", "new_tokens": n, "vocab": v, "image_size": image_sizes[0]}
               for v in vocabs for n in lengths]
     points += [{"group": "vs_trl", "new_tokens": lengths[0], "vocab": vocabs[-1], "image_size": s}
@@ -84,6 +88,7 @@ def plan(lengths: list[int], vocabs: list[int], image_sizes: list[int], target: 
                for g in ("ablations", "allocator_off", "papo", "dtpo")]
     if rollout:
         points.append({"group": "rollout", "new_tokens": n, "vocab": v, "image_size": image_sizes[0]})
+    points = [p for p in points if p["group"] in groups]
     for p in points:
         p["name"] = f"{p['group']} N={p['new_tokens']} V={p['vocab']} img={p['image_size']}"
         p["target"] = (p["new_tokens"], p["vocab"], p["image_size"]) == (n, v, image_sizes[0])
@@ -101,13 +106,19 @@ def language_params(size: str, vocab: int) -> int:
     return d["layers"] * layer + vocab * h
 
 
+VOCAB_ELEMENT_S = 4.5e-8  # s per logit (row x vocabulary entry) of a log-prob pass's elementwise work, measured below
+
+
 def estimate_s(point: dict, size: str, B: int, G: int, steps: int, warmup: int, rate: float) -> float:
     """Rough seconds a point takes: the FLOPs its steps do at `rate` FLOP/s (~half the matmul peak: what both
-    frameworks reached in step.py's runs), plus ~20 s of worker start-up. TRL recomputes the prompt per row."""
+    frameworks reached in step.py's runs), plus the elementwise work over the logits (TRL's chunked log-prob
+    pass over every prompt and completion token; `VOCAB_ELEMENT_S` is from a profile of its tiny-model step with
+    151936 rows: ~6 s of mul/sub/exp over 896 rows), plus ~20 s of worker start-up. TRL runs the prompt per row."""
     n_l = language_params(size, point["vocab"])
+    V = point["vocab"] or 4096
     N, P = point["new_tokens"], 40 + (point["image_size"] // 28) ** 2
-    vlmrl = 8 * n_l * B * (P + G * N)  # train once per prompt + rows, rollout prefill and decoding
-    trl = 8 * n_l * B * G * (P + N)
+    vlmrl = 8 * n_l * B * (P + G * N) + rate * VOCAB_ELEMENT_S * B * G * N * V  # as FLOPs at `rate`
+    trl = 8 * n_l * B * G * (P + N) + rate * VOCAB_ELEMENT_S * B * G * (P + N) * V
     per_round = {"vs_trl": vlmrl + trl, "allocator_off": vlmrl + trl, "ablations": vlmrl * (1 + 1.5 + 1.2),
                  "papo": vlmrl * (1.25 + 1.6 + 2.1), "dtpo": vlmrl * (1 + 1.6 + 2.0),
                  "rollout": 2 * n_l * B * G * (P + N) * 4}[point["group"]]
@@ -119,7 +130,7 @@ def run_sweep(size: str = "30m", lengths=(64, 256, 512), vocabs=(4096, QWEN_VOCA
               target=(256, QWEN_VOCAB), prompts: int = 1, group_size: int = 8, steps: int = 3, warmup: int = 1,
               lr: float = 1e-4, seed: int = 0, threads: int = 1, matmul_size: int = 2048, timeout: float = 1800.0,
               in_process: bool = False, rollout: bool = True, out: str | Path | None = DEFAULT_OUT,
-              log=print) -> dict:
+              groups: tuple[str, ...] = ALL_GROUPS, log=print) -> dict:
     import torch
 
     register_bench_sizes()
@@ -132,7 +143,10 @@ def run_sweep(size: str = "30m", lengths=(64, 256, 512), vocabs=(4096, QWEN_VOCA
     machine = machine_info()
     machine["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
     mm_start = matmul_flops(matmul_size)
-    points = plan(list(lengths), list(vocabs), list(image_sizes), tuple(target), rollout)
+    bad = [g for g in groups if g not in ALL_GROUPS]
+    if bad:
+        raise ValueError(f"unknown group(s) {bad}; choose from {', '.join(ALL_GROUPS)}")
+    points = plan(list(lengths), list(vocabs), list(image_sizes), tuple(target), rollout, tuple(groups))
     est = [estimate_s(p, size, prompts, group_size, steps, warmup, 0.5 * mm_start) for p in points]
     log(f"sweep: {len(points)} points, size {size}, B={prompts} x G={group_size}, {warmup} warm-up + {steps} timed "
         f"steps; estimated {sum(est) / 60:.0f} min at {mm_start / 2e9:.0f} GFLOP/s (half the measured matmul peak)")
@@ -217,7 +231,7 @@ def run_sweep(size: str = "30m", lengths=(64, 256, 512), vocabs=(4096, QWEN_VOCA
                    "seed": seed, "threads": threads, "dtype": "float32", "device": "cpu",
                    "tokenizer": "vlmrl's tiny BPE tokenizer (a few thousand tokens), embedding padded to the "
                                 "vocabulary size; not Qwen's real tokenizer",
-                   "estimated_s": sum(est)},
+                   "groups": list(groups), "estimated_s": sum(est)},
         "machine": machine,
         "points": done,
         "wall_s": time.perf_counter() - t_start,
@@ -261,17 +275,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--in-process", action="store_true", help="cases in this process (peak RSS then not per case)")
     p.add_argument("--no-rollout", action="store_true")
+    p.add_argument("--groups", default=",".join(ALL_GROUPS),
+                   help="point groups to run (vs_trl is the grid; the others run at the target point)")
+    p.add_argument("--estimate", action="store_true", help="print the plan and its estimated time, run nothing")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds a worker may take for one answer")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     a = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     kw = dict(size=a.size, lengths=ints(a.lengths), vocabs=ints(a.vocabs), image_sizes=ints(a.image_sizes),
-              target=tuple(ints(a.target)), steps=a.steps, warmup=a.warmup, in_process=a.in_process)
+              target=tuple(ints(a.target)), steps=a.steps, warmup=a.warmup, in_process=a.in_process,
+              groups=tuple(g for g in a.groups.split(",") if g))
     if a.quick:
         kw.update(size="tiny", lengths=[4, 8], vocabs=[0, QWEN_VOCAB], image_sizes=[224, 112], target=(8, QWEN_VOCAB),
                   steps=1, warmup=1, in_process=True)
     if kw["warmup"] < 1 or kw["steps"] < 1:
         p.error("--warmup and --steps must be >= 1 (the warm-up step is the FLOP-counted one)")
+    if a.estimate:
+        from step_measure import matmul_flops
+
+        rate = 0.5 * matmul_flops(512 if a.quick else 2048)
+        points = plan(kw["lengths"], kw["vocabs"], kw["image_sizes"], kw["target"], not a.no_rollout, kw["groups"])
+        est = [estimate_s(q, kw["size"], a.prompts, a.group_size, kw["steps"], kw["warmup"], rate) for q in points]
+        for q, e in zip(points, est):
+            print(f"{q['name']}: ~{e / 60:.1f} min")
+        print(f"total ~{sum(est) / 60:.0f} min at {rate / 1e9:.0f} GFLOP/s (half the measured matmul peak)")
+        return 0
     report = run_sweep(**kw, prompts=a.prompts, group_size=a.group_size, threads=a.threads,
                        rollout=not a.no_rollout, timeout=a.timeout, out=a.out,
                        matmul_size=512 if a.quick else 2048)

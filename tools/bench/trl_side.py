@@ -131,6 +131,13 @@ class TrlCase:
             counts["counted_flops"], self.gate.counted_flops = self.gate.counted_flops, None
         return {"time_s": self.gate.elapsed, "counts": counts, "torch_threads_in_trl_thread": self.gate.threads}
 
+    def profiled_step(self) -> tuple[dict, object]:
+        """One step with torch.profiler running in TRL's training thread (from `on_step_begin` to `on_step_end`)."""
+        self.gate.profile_next = True
+        reply = self.step()
+        prof, self.gate.prof = self.gate.prof, None
+        return reply, prof
+
 
 def make_gate(base, count_flops: bool = False):
     """A TrainerCallback (class made here so transformers is imported lazily) that holds each step at its start,
@@ -141,6 +148,7 @@ def make_gate(base, count_flops: bool = False):
             self.go, self.done, self.at_gate = threading.Event(), threading.Event(), threading.Event()
             self.t0, self.elapsed, self.threads = 0.0, 0.0, 0
             self.count_next, self.counter, self.counted_flops = count_flops, None, None
+            self.profile_next, self.prof = False, None
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.at_gate.set()
@@ -152,10 +160,17 @@ def make_gate(base, count_flops: bool = False):
 
                 self.count_next, self.counter = False, flop_counter()
                 self.counter.__enter__()
+            if self.profile_next:
+                from torch.profiler import ProfilerActivity, profile
+
+                self.profile_next, self.prof = False, profile(activities=[ProfilerActivity.CPU])
+                self.prof.__enter__()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.elapsed = time.perf_counter() - self.t0
+            if self.prof is not None:
+                self.prof.__exit__(None, None, None)
             if self.counter is not None:
                 self.counter.__exit__(None, None, None)
                 self.counted_flops, self.counter = self.counter.get_total_flops(), None
