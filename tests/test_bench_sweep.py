@@ -142,7 +142,8 @@ def test_quick_sweep_end_to_end(tmp_path):
     assert sweep.main(["--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "sweep.json").read_text())
     md = (tmp_path / "sweep.md").read_text()
-    planned = sweep.plan([4, 8], [0, sweep.QWEN_VOCAB], [224, 112], (8, sweep.QWEN_VOCAB))
+    q = sweep.QUICK
+    planned = sweep.plan(q["lengths"], q["vocabs"], q["image_sizes"], q["target"])
     assert [p["name"] for p in report["points"]] == [p["name"] for p in planned]
     expected = {"vs_trl": {"vlmrl_over_trl_step_time", "vlmrl_over_trl_peak_rss", "trl_over_vlmrl_counted_flops",
                            "vlmrl_counted_fraction_of_matmul_peak", "trl_counted_fraction_of_matmul_peak"},
