@@ -214,7 +214,8 @@ class RolloutCase:
         # the case's checkpoint; its prompt file only where the spec asks (step.py's holds one row for any B)
         report = self.run_bench(size=s["size"], family=FAMILY, group_size=s["group_size"], prompts=s["prompts"],
                                 new_tokens=s["new_tokens"], repeats=s["repeats"], out=None, seed=s["seed"],
-                                workdir=s["workdir"], model=s["model"], data=s["data"] if s.get("rollout_data") else None)
+                                workdir=s["workdir"], model=s["model"],
+                                data=s["data"] if s.get("rollout_data") else None)
         report.pop("markdown", None)
         return {"report": report}
 

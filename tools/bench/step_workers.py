@@ -124,8 +124,8 @@ class Local:
 
 
 def profile_step(case, path: str | None, top: int = 25) -> dict:
-    """One step of `case` under torch.profiler (CPU, in the thread the step runs in): the ops by self CPU time, as a table written to
-    `path` and as the `top` rows returned (name, calls, self CPU s, share of the step)."""
+    """One step of `case` under torch.profiler (CPU, in the thread the step runs in): the ops by self CPU time, as
+    a table written to `path` and as the `top` rows returned (name, calls, self CPU s, share of the step)."""
     from torch.profiler import ProfilerActivity, profile
 
     if hasattr(case, "profiled_step"):  # TRL's case: the profiler runs in its training thread

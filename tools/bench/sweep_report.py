@@ -147,7 +147,8 @@ def to_markdown(report: dict) -> str:
             if isinstance(val, (bool, int)) and not isinstance(val, float):
                 lines.append(f"| {p['group']} | {k} | {val} | | |")
     lines += ["", "## Every case", "", "| point | case | median s | steps s | gen tok | peak RSS MiB "
-              "| over baseline MiB | counted GFLOP | counted GFLOP/s | formula GFLOP |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "| over baseline MiB | counted GFLOP | counted GFLOP/s | formula GFLOP |",
+              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for p in report["points"]:
         for label, x in p["cases"].items():
             if "error" in x:
@@ -171,7 +172,8 @@ def to_markdown(report: dict) -> str:
     profiled = {label: x for p in report["points"] for label, x in p["cases"].items() if "profile_top" in x}
     if failing and profiled:
         lines += ["", "## Where the time goes (targets not met)", "",
-                  "One extra step of each case at the target point under torch.profiler (CPU, all threads), ops by "
+                  "One extra step of each case at the target point under torch.profiler (CPU, in the thread the "
+                  "step runs in), ops by "
                   "self CPU time (full tables: " + ", ".join(f"`{x['profile_path']}`" for x in profiled.values())
                   + "). Not met: " + ", ".join(t["target"] for t in failing) + "."]
         for label in sorted({k for t in failing for k in PROFILED_FOR[t["target"]]}):
