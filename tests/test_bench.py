@@ -27,7 +27,7 @@ def test_rollout_bench_tiny(tmp_path, capsys):
     assert "engine_direct" in capsys.readouterr().out
     assert report["config"]["group_size"] == 2 and report["machine"]["cpu_count"] >= 1
     res = report["results"]
-    assert set(res) == {"engine_direct", "hf_generate", "tool_one_turn", "tool_two_turn"}
+    assert set(res) == {"engine_direct", "hf_generate", "hf_generate_shared_prefill", "tool_one_turn", "tool_two_turn"}
     for name, r in res.items():
         for key in ("median_s", "tok_per_s", "s_per_token", "peak_rss_mb"):
             assert r[key] > 0, (name, key)
@@ -36,6 +36,7 @@ def test_rollout_bench_tiny(tmp_path, capsys):
     assert all(r["tokens"] == 2 * 4 for r in res.values())
     assert res["tool_two_turn"]["turns"] == 2 and res["tool_one_turn"]["turns"] == 1
     assert res["tool_two_turn"]["policy_tokens"] == 2 * (4 + res["tool_two_turn"]["forced_call_tokens"])
-    for key in ("engine_over_generate_tok_per_s", "two_turn_over_one_turn_cost_per_sampled_token",
+    for key in ("engine_over_generate_tok_per_s", "engine_over_shared_prefill_generate_tok_per_s",
+                "shared_prefill_over_generate_tok_per_s", "two_turn_over_one_turn_cost_per_sampled_token",
                 "two_turn_over_one_turn_cost_per_policy_token"):
         assert report["ratios"][key] > 0

@@ -142,7 +142,7 @@ def test_step_bench_trl_side(tmp_path):
     tiny = report["sizes"]["tiny"]
     for name in ("vlmrl_grpo", "trl_grpo"):
         _check_case(name, tiny["cases"][name], 2 * 4)
-    assert tiny["ratios"]["equal_work_vs_trl"] is True  # same prompt tokens, completions, trained tokens, patches
+    assert tiny["ratios"]["same_tokens_and_patches_as_trl"] is True  # same prompt tokens, completions, trained tokens, patches
     assert tiny["cases"]["trl_grpo"]["counts"]["run_patches"] == 256
     assert [t["target"] for t in report["targets"]] == ["vlmrl_over_trl_step_time"]
 

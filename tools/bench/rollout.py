@@ -12,6 +12,9 @@ Measured (see tools/bench/README.md for the details and the caveats):
 2. `hf_generate`: `policy.model.generate(do_sample=True, temperature=1, top_p=1, min_new_tokens=N,
    max_new_tokens=N)` on the same prompts, each repeated G times (B*G rows, B*G prefills), as a naive
    user would run it. Ratio: engine tok/s / generate tok/s.
+   `hf_generate_shared_prefill`: the stronger HF baseline: under `torch.inference_mode()`, each prompt (but its
+   last token) is prefilled once, its KV cache repeated for the G rows, and `model.generate` continues from it.
+   Ratio: engine tok/s / this tok/s.
 3. `tool_one_turn`: tool mode, turn 0 samples N tokens and makes no call (stops banned).
    `tool_two_turn`: tool mode, turn 0 decodes a fixed valid crop call (the sampler makes each call
    token certain, so it is decoded step by step like a sampled one), the tool runs with the crop pixel budget
@@ -150,9 +153,33 @@ def _summary(timed: list, **extra) -> dict:
             "peak_rss_mb": rss, "peak_rss_growth_mb": growth, **extra}
 
 
+def shared_prefill_generate(model, inputs: dict, G: int, N: int, pad_token_id: int, seed: int = 0,
+                            do_sample: bool = True) -> torch.Tensor:
+    """HF generation with each prompt prefilled once per group: one row per prompt in `inputs`; under
+    `torch.inference_mode()` the prompt but its last token runs once through `model` (images included), its
+    KV cache is repeated for the G rows, and `model.generate` samples N tokens per row from there (it runs only
+    the last prompt token before decoding). Returns the G rows per prompt (prompt ids + N generated ids)."""
+    ids = inputs["input_ids"]
+    if not bool(inputs["attention_mask"][:, -1].all()):
+        raise ValueError("shared_prefill_generate needs every prompt to end in the last column (left padding)")
+    per_token = {k: v for k, v in inputs.items() if torch.is_tensor(v) and v.shape[:2] == ids.shape}  # ids, mask, ...
+    rest = {k: v for k, v in inputs.items() if k not in per_token}  # images
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        pre = model(**{k: v[:, :-1] for k, v in per_token.items()}, use_cache=True, **rest)
+        cache = pre.past_key_values
+        cache.batch_repeat_interleave(G)
+        sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0) if do_sample else dict(do_sample=False)
+        return model.generate(**{k: v.repeat_interleave(G, 0) for k, v in per_token.items()}, cache=cache,
+                              max_new_tokens=N, min_new_tokens=N, pad_token_id=pad_token_id, **sampling)
+
+
 def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 8, prompts: int = 2,
               new_tokens: int = 64, repeats: int = 3, out: str | Path | None = DEFAULT_OUT, seed: int = 0,
-              workdir: str | Path | None = None, recipe: str | Path = RECIPE, reuse_kv: bool = True) -> dict:
+              workdir: str | Path | None = None, recipe: str | Path = RECIPE, reuse_kv: bool = True,
+              model: str | Path | None = None, data: str | Path | None = None) -> dict:
+    """`model`: a checkpoint to use instead of a fresh `make_tiny(family, size=size)`; `data`: a jsonl whose first
+    `prompts` rows are the prompts (default: a fresh synthetic-zoom set)."""
     from vlmrl.data import load_dataset, make_zoom_dataset
     from vlmrl.models.tiny import make_tiny
 
@@ -160,11 +187,14 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
     crop_min, crop_max = recipe_crop_pixels(recipe)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        make_tiny(family, tmp / "model", size=size, seed=seed)
-        base = Policy.load(tmp / "model", dtype="float32", device="cpu")
+        if model is None:
+            model = make_tiny(family, tmp / "model", size=size, seed=seed)
+        base = Policy.load(model, dtype="float32", device="cpu")
         base.model.eval()
-        make_zoom_dataset(tmp / "data", n=prompts, n_test=1, seed=seed)
-        samples = list(load_dataset(tmp / "data" / "train.jsonl"))[:prompts]
+        if data is None:
+            make_zoom_dataset(tmp / "data", n=prompts, n_test=1, seed=seed)
+            data = tmp / "data" / "train.jsonl"
+        samples = list(load_dataset(data))[:prompts]
         B = len(samples)
         results: dict = {}
 
@@ -192,6 +222,13 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
                                           max_new_tokens=N, min_new_tokens=N, pad_token_id=base.pad_token_id)
             return int((ids.shape[1] - inputs["input_ids"].shape[1]) * ids.shape[0])
 
+        # 2b. the same with each prompt prefilled once per group, under inference_mode
+        one_row = base.collate(seqs)
+        one_row.pop("position_ids")
+
+        def hf_generate_shared_prefill():
+            ids = shared_prefill_generate(base.model, one_row, G, N, base.pad_token_id, seed)
+            return int((ids.shape[1] - one_row["input_ids"].shape[1]) * ids.shape[0])
 
         # 3. tool mode: one turn (no call) against two turns (forced call, then N sampled tokens)
         tool_cfg = dict(mode="tool", max_turns=2, max_new_tokens=N, temperature=1.0, prompt_style="compact",
@@ -221,10 +258,12 @@ def run_bench(size: str = "tiny", family: str = "qwen2_5_vl", group_size: int = 
             return wrapped
 
         timed = _time_round_robin({"engine_direct": engine_direct, "hf_generate": hf_generate,
+                                   "hf_generate_shared_prefill": hf_generate_shared_prefill,
                                    "tool_one_turn": keep("one", tool_rollout(eng1, one)),
                                    "tool_two_turn": keep("two", tool_rollout(eng2, two))}, repeats)
         results["engine_direct"] = _summary(timed["engine_direct"], rows=B * G)
         results["hf_generate"] = _summary(timed["hf_generate"], rows=B * G)
+        results["hf_generate_shared_prefill"] = _summary(timed["hf_generate_shared_prefill"], rows=B * G)
         results["tool_one_turn"] = _summary(timed["tool_one_turn"], rows=B * G,
                                             turns=max(len(t.turns) for t in trajs_of["one"]))
         trajs = trajs_of["two"]
@@ -273,7 +312,12 @@ def _ratios(results: dict, stat: str) -> dict:
     """The headline ratios from one statistic of the wall times ("median_s" or "min_s")."""
     e, h, t1, t2 = (results[k] for k in ("engine_direct", "hf_generate", "tool_one_turn", "tool_two_turn"))
     one = t1[stat] / t1["tokens"]
-    return {"engine_over_generate_tok_per_s": (e["tokens"] / e[stat]) / (h["tokens"] / h[stat]),
+    ratios = {"engine_over_generate_tok_per_s": (e["tokens"] / e[stat]) / (h["tokens"] / h[stat])}
+    if "hf_generate_shared_prefill" in results:
+        s = results["hf_generate_shared_prefill"]
+        ratios["engine_over_shared_prefill_generate_tok_per_s"] = (e["tokens"] / e[stat]) / (s["tokens"] / s[stat])
+        ratios["shared_prefill_over_generate_tok_per_s"] = (s["tokens"] / s[stat]) / (h["tokens"] / h[stat])
+    return {**ratios,
             "two_turn_over_one_turn_cost_per_sampled_token": t2[stat] / t2["tokens"] / one,
             "two_turn_over_one_turn_cost_per_policy_token": t2[stat] / t2["policy_tokens"] / one}
 
@@ -300,6 +344,9 @@ def to_markdown(report: dict) -> str:
     lines += [
         "",
         f"- engine (direct) tok/s / `model.generate` tok/s: **{q[key]:.2f}x** (fastest repeats: {f[key]:.2f}x)",
+        f"- engine (direct) tok/s / `model.generate` with the prompt prefilled once per group, under inference_mode: "
+        f"**{q['engine_over_shared_prefill_generate_tok_per_s']:.2f}x** "
+        f"(fastest repeats: {f['engine_over_shared_prefill_generate_tok_per_s']:.2f}x)",
         f"- two-turn / one-turn tool rollout, wall time per generated token (the "
         f"{r['tool_two_turn']['forced_call_tokens']}-token call + {c['new_tokens']}): "
         f"**{q['two_turn_over_one_turn_cost_per_policy_token']:.2f}x** "

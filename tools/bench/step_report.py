@@ -31,6 +31,13 @@ def summarize_case(raw: dict, n_language: int | None, vision_per_patch: float = 
     if n_language:
         f = model_flops(counts, n_language, vision_per_patch)
         out.update(model_flops=f, flops_per_s=f / med)
+    counted = [s["counts"]["counted_flops"] for s in raw.get("warmup", []) + raw["steps"]
+               if "counted_flops" in s.get("counts", {})]
+    if counted:  # torch's FLOP counter over one (warm-up) step: the work the step really ran
+        out.update(counted_flops=counted[0], counted_flops_per_s=counted[0] / med)
+    threads = [s["torch_threads_in_trl_thread"] for s in raw["steps"] if "torch_threads_in_trl_thread" in s]
+    if threads:
+        out["torch_threads_in_trl_thread"] = sorted(set(threads))
     return out
 
 
@@ -59,7 +66,7 @@ def ratios_and_targets(size: str, cases: dict, rollout: dict | None) -> tuple[di
     if "vlmrl_grpo" in ok and "trl_grpo" in ok:
         both("vlmrl_over_trl_step_time", "vlmrl_grpo", "trl_grpo")
         a, b = ok["vlmrl_grpo"]["counts"], ok["trl_grpo"]["counts"]
-        r["equal_work_vs_trl"] = all(a[k] == b[k] for k in ("rows", "prompt_tokens", "gen_tokens", "train_tokens",
+        r["same_tokens_and_patches_as_trl"] = all(a[k] == b[k] for k in ("rows", "prompt_tokens", "gen_tokens", "train_tokens",
                                                            "run_patches"))
     if "vlmrl_papo" in ok and "vlmrl_grpo" in ok:
         both("papo_over_grpo_step_time", "vlmrl_papo", "vlmrl_grpo")

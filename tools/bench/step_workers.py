@@ -51,7 +51,7 @@ def worker_main(spec: dict) -> int:
             send({"peak_rss_mb": rss_mb()})
             return 0
         try:
-            send(case.ask("step"))
+            send(case.ask(cmd["do"], cmd.get("path")))
         except WorkerError as e:
             send({"error": str(e)})
             return 1
@@ -107,10 +107,13 @@ class Local:
             raise WorkerError(f"{self.name}: {self.error}")
         return {"ready": True, "setup_s": self.setup_s, "rss_baseline_mb": self.baseline, **self.case.info}
 
-    def ask(self, do: str) -> dict:
+    def ask(self, do: str, path: str | None = None) -> dict:
+        """"step": one step; "profile": one step under torch.profiler, its op table written to `path`; "quit"."""
         if do == "quit":
             return {"peak_rss_mb": rss_mb()}
         try:
+            if do == "profile":
+                return {**profile_step(self.case, path), "peak_rss_mb": rss_mb()}
             return {**self.case.step(), "peak_rss_mb": rss_mb()}
         except Exception:  # noqa: BLE001
             raise WorkerError(f"{self.name}: {traceback.format_exc()}") from None
@@ -118,6 +121,25 @@ class Local:
     def kill(self) -> None:
         pass
 
+
+
+def profile_step(case, path: str | None, top: int = 25) -> dict:
+    """One step of `case` under torch.profiler (CPU, in the thread the step runs in): the ops by self CPU time, as
+    a table written to `path` and as the `top` rows returned (name, calls, self CPU s, share of the step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if hasattr(case, "profiled_step"):  # TRL's case: the profiler runs in its training thread
+        reply, prof = case.profiled_step()
+    else:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            reply = case.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    if path:
+        Path(path).write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=60))
+    rows = [{"op": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
+             "share": e.self_cpu_time_total / total} for e in events[:top]]
+    return {**reply, "profile_top": rows, "profile_path": path}
 
 
 # =====================================================================================================================
@@ -157,8 +179,8 @@ class Worker:
             raise WorkerError(f"{self.name}: {msg['error']}")
         return msg
 
-    def ask(self, do: str) -> dict:
-        self.proc.stdin.write(json.dumps({"do": do}) + "\n")
+    def ask(self, do: str, path: str | None = None) -> dict:
+        self.proc.stdin.write(json.dumps({"do": do, "path": path}) + "\n")
         self.proc.stdin.flush()
         return self.receive()
 
@@ -170,9 +192,10 @@ class Worker:
 
 
 def run_cases(specs: dict[str, dict], warmup: int, steps: int, log_dir: Path, timeout: float,
-              in_process: bool = False, min_seconds: float = 0.0) -> dict:
+              in_process: bool = False, min_seconds: float = 0.0, profile: dict[str, str] | None = None) -> dict:
     """Start every case, then `warmup` + `steps` round-robin rounds, and more rounds (at most `MAX_ROUNDS`) while
     a case's timed steps add up to less than `min_seconds` (short steps need more of them for a steady median);
+    then one more, untimed, profiled step of each case named in `profile` (name -> where its op table goes);
     returns name -> raw result (or error)."""
     out: dict[str, dict] = {}
     workers = {name: Local(spec, name) if in_process else Worker(name, spec, log_dir, timeout)
@@ -180,7 +203,7 @@ def run_cases(specs: dict[str, dict], warmup: int, steps: int, log_dir: Path, ti
     live: dict[str, Worker] = {}
     for name, w in workers.items():
         try:
-            out[name] = {"setup": w.receive(), "steps": []}
+            out[name] = {"setup": w.receive(), "steps": [], "warmup": []}
             live[name] = w
         except WorkerError as e:
             out[name] = {"error": str(e)}
@@ -194,12 +217,17 @@ def run_cases(specs: dict[str, dict], warmup: int, steps: int, log_dir: Path, ti
                 out[name] = {"error": str(e)}
                 del live[name]
                 continue
-            if r >= warmup:
-                out[name]["steps"].append(reply)
+            out[name]["steps" if r >= warmup else "warmup"].append(reply)
         r += 1
     for name, w in live.items():
         try:
-            out[name]["peak_rss_mb"] = w.ask("quit")["peak_rss_mb"]
+            if profile and name in profile and out[name]["steps"]:
+                peak = out[name]["steps"][-1]["peak_rss_mb"]  # the peak over the timed steps, before profiling
+                out[name]["profile"] = w.ask("profile", profile[name])
+                w.ask("quit")
+            else:
+                peak = w.ask("quit")["peak_rss_mb"]
+            out[name]["peak_rss_mb"] = peak
         except WorkerError as e:
             out[name] = {"error": str(e)}
         w.kill()

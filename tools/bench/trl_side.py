@@ -8,7 +8,10 @@ gradient checkpointing, fp32 on CPU, one optimizer step per step (AdamW, constan
 
 TRL owns its training loop, so `trainer.train()` runs in a thread and a callback holds it at the start of every
 step until `TrlCase.step()` lets it go; the step's time runs from `on_step_begin` to `on_step_end` (generation,
-rewards, forward, backward, optimizer step).
+rewards, forward, backward, optimizer step). The torch thread count is read inside that thread at every step
+(`torch_threads_in_trl_thread`), and with `count_flops` the first step runs under torch's FLOP counter, entered
+in that thread (dispatch modes are per thread). `keep_freed_memory` sets glibc's allocator as vlmrl's trainer
+does (vlmrl/train/memory.py), so both sides run with the same allocator settings.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class TrlCase:
     """GRPOTrainer on `sample` repeated, `total_steps` steps, one `step()` at a time."""
 
     def __init__(self, model_dir: str | Path, sample, messages: list[dict], *, prompts: int, group_size: int,
-                 new_tokens: int, lr: float, total_steps: int, seed: int, output_dir: str | Path):
+                 new_tokens: int, lr: float, total_steps: int, seed: int, output_dir: str | Path,
+                 keep_freed_memory: bool = True, count_flops: bool = False):
         import trl
         from datasets import Dataset
         from transformers import AutoModelForImageTextToText, TrainerCallback
@@ -42,7 +46,10 @@ class TrlCase:
         from vlmrl.rewards.accuracy import accuracy_reward
         from vlmrl.rewards.format import format_reward
 
-        self.info = {"trl": trl.__version__}  # reported with the case's setup
+        from vlmrl.train.memory import keep_freed_memory as keep
+
+        # reported with the case's setup
+        self.info = {"trl": trl.__version__, "keep_freed_memory": keep() if keep_freed_memory else False}
         rows = prompts * (total_steps + 2)
         dataset = Dataset.from_list([{"prompt": trl_messages(messages), "image": sample.images[0],
                                       "answer": str(sample.answer), "answer_type": sample.answer_type}] * rows)
@@ -68,7 +75,7 @@ class TrlCase:
             learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
             optim="adamw_torch", max_steps=total_steps, logging_steps=10**6, save_strategy="no", report_to="none",
             disable_tqdm=True, seed=seed, dataloader_num_workers=0)
-        self.gate = make_gate(TrainerCallback)
+        self.gate = make_gate(TrainerCallback, count_flops)
         self.trainer = GRPOTrainer(model=model, reward_funcs=[accuracy_format], args=args, train_dataset=dataset,
                                    processing_class=processor, callbacks=[self.gate])
         m = self.trainer.model
@@ -120,25 +127,53 @@ class TrlCase:
                   # each prompt's image once per group: the work vlmrl counts (TRL encodes it for every row)
                   "run_patches": self.batch["patches"] // G, "score_run_patches": 0,
                   "completion_tokens_min": min(completion), "completion_tokens_max": max(completion)}
-        return {"time_s": self.gate.elapsed, "counts": counts}
+        if self.gate.counted_flops is not None:
+            counts["counted_flops"], self.gate.counted_flops = self.gate.counted_flops, None
+        return {"time_s": self.gate.elapsed, "counts": counts, "torch_threads_in_trl_thread": self.gate.threads}
+
+    def profiled_step(self) -> tuple[dict, object]:
+        """One step with torch.profiler running in TRL's training thread (from `on_step_begin` to `on_step_end`)."""
+        self.gate.profile_next = True
+        reply = self.step()
+        prof, self.gate.prof = self.gate.prof, None
+        return reply, prof
 
 
-def make_gate(base):
-    """A TrainerCallback (class made here so transformers is imported lazily) that holds each step at its start."""
+def make_gate(base, count_flops: bool = False):
+    """A TrainerCallback (class made here so transformers is imported lazily) that holds each step at its start,
+    reads the torch thread count in the training thread and, with `count_flops`, counts the first step's FLOPs."""
 
     class Gate(base):
         def __init__(self):
             self.go, self.done, self.at_gate = threading.Event(), threading.Event(), threading.Event()
-            self.t0, self.elapsed = 0.0, 0.0
+            self.t0, self.elapsed, self.threads = 0.0, 0.0, 0
+            self.count_next, self.counter, self.counted_flops = count_flops, None, None
+            self.profile_next, self.prof = False, None
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.at_gate.set()
             self.go.wait()
             self.go.clear()
+            self.threads = torch.get_num_threads()  # in TRL's training thread, where its ops run
+            if self.count_next:
+                from step_cases import flop_counter
+
+                self.count_next, self.counter = False, flop_counter()
+                self.counter.__enter__()
+            if self.profile_next:
+                from torch.profiler import ProfilerActivity, profile
+
+                self.profile_next, self.prof = False, profile(activities=[ProfilerActivity.CPU])
+                self.prof.__enter__()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.elapsed = time.perf_counter() - self.t0
+            if self.prof is not None:
+                self.prof.__exit__(None, None, None)
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
+                self.counted_flops, self.counter = self.counter.get_total_flops(), None
             self.done.set()
 
     return Gate()
