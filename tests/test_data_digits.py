@@ -181,3 +181,23 @@ def test_digits_recipe_loads_with_a_periodic_eval_and_enough_pixels():
     cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml")
     assert cfg.rollout.mode == "direct" and cfg.train.eval_every > 0 and cfg.data.eval
     assert cfg.rollout.image_max_pixels >= 112 * 112  # the default 112-px images keep their 16 visual tokens
+
+
+def test_sft_rows_every_digit_row_and_one_in_five_of_the_others(tmp_path):
+    """sft.jsonl (the warm start's rows): all "which digit" rows, the 5th, 10th, ... row of each other kind, in
+    the train split's order; written beside train.jsonl and counted in info.json."""
+    from vlmrl.data.digits import sft_rows
+
+    kinds = ["digit", "parity", "greater"] * 5 + ["parity"] * 5
+    lines = [json.dumps({"id": i, "meta": {"category": k}}) + "\n" for i, k in enumerate(kinds)]
+    got = [json.loads(x)["id"] for x in sft_rows(lines)]
+    # digit rows 0,3,...,12; parity rows in order: 1,4,7,10,13,15,16,17,18,19 -> 5th and 10th = 13, 19;
+    # greater rows 2,5,8,11,14 -> the 5th = 14
+    assert got == [0, 3, 6, 9, 12, 13, 14, 19]
+    source = tmp_path / "digits.csv.gz"
+    source.write_bytes(_csv(40))
+    info = make_digits_dataset(tmp_path / "d", n=30, n_test=4, source=source)
+    train = (tmp_path / "d" / "train.jsonl").read_text().splitlines(keepends=True)
+    sft = (tmp_path / "d" / "sft.jsonl").read_text().splitlines(keepends=True)
+    assert sft == sft_rows(train) and set(sft) <= set(train)
+    assert info["counts"]["sft"] == {"digit": 10, "parity": 2, "greater": 2}

@@ -205,10 +205,10 @@ def test_eval_prefix_forces_the_first_turn_and_breakdown_by_need(tiny_dirs, zoom
 def test_stage_header_elapsed_and_time_left():
     """The time left is the reference seconds of the stages to come (283 s in all on a quiet 2-core machine)
     scaled by this run's pace over the stages that ran; reused stages do not count towards the pace."""
-    from vlmrl.quickstart import STAGE_SECONDS, stage_header
+    from vlmrl.quickstart import STAGE_SECONDS, _clock, stage_header
 
-    assert sum(STAGE_SECONDS.values()) == 283
-    todo = list(STAGE_SECONDS)
+    todo = [k for k in STAGE_SECONDS if k != "digits"]  # the zoom stages (the digits stage: see the end)
+    assert sum(STAGE_SECONDS[k] for k in todo) == 283
     assert stage_header("1/6 tiny model", 0.2, {}, todo) == \
         "== 1/6 tiny model (0:00 elapsed, ~4:43 left at a quiet 2-core machine's pace) =="
     # model + data (3 reference seconds) are too short to measure the pace: still the reference pace
@@ -221,20 +221,34 @@ def test_stage_header_elapsed_and_time_left():
     # left (16 + 0) * 2 = 32 s; past an hour the clock shows hours
     assert stage_header("5/6 eval", 3725.0, {"model": 3.0, "data": 3.0, "rl": 162.0}, ["eval", "summary"]) == \
         "== 5/6 eval (1:02:05 elapsed, ~0:32 left) =="
+    # the real-image stage still to come adds its reference seconds at the same pace
+    assert stage_header("5/6 eval", 3725.0, {"model": 3.0, "data": 3.0, "rl": 162.0}, ["eval", "summary", "digits"]) \
+        == f"== 5/6 eval (1:02:05 elapsed, ~{_clock(2 * (16 + STAGE_SECONDS['digits']))} left) =="
 
 
 # ------------------------------------------------------------------ end to end
 
 def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch, capsys):
     """Every stage on the tiny model with a couple of steps: the table, the checks, the files."""
+    import gzip
+
+    import vlmrl.quickstart_digits as qd
+
     monkeypatch.setenv("VLMRL_NO_PROGRESS", "1")
+    monkeypatch.setattr(qd, "DIGITS_DATA", {"n": 6, "n_test": 6})
+    src = tmp_path / "digits.csv.gz"  # a stand-in for scikit-learn's file: a bar of ink, labels 0-9
+    bar = [16 if (r == 0 and 2 <= c <= 5) else 0 for r in range(8) for c in range(8)]
+    src.write_bytes(gzip.compress("".join(",".join(map(str, bar)) + f",{i % 10}\n" for i in range(12)).encode()))
     out = tmp_path / "qs"
     code = main(["quickstart", "--out", str(out), "--size", "tiny", "--n", "16", "--n-test", "6",
-                 "sft.steps=2", "sft.batch_size=4", "train.steps=1", "train.prompts_per_step=2",
+                 "--digits-source", str(src), "sft.steps=2", "sft.batch_size=4", "train.steps=1", "train.prompts_per_step=2",
                  "rollout.group_size=2", "rollout.max_new_tokens=8", "train.eval_every=0", "train.save_every=0"])
     assert code == 0
     headers = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("== ")]
-    assert len(headers) == 7 and headers[0].startswith("== 1/6 tiny model (offline) (0:00 elapsed, ~4:4")
+    from vlmrl.quickstart import STAGE_SECONDS, _clock
+
+    assert len(headers) == 8 and headers[0].startswith(
+        f"== 1/6 tiny model (offline) (0:00 elapsed, ~{_clock(sum(STAGE_SECONDS.values()))} left")
     assert all(" elapsed, ~" in h and (h.endswith(" left) ==") or h.endswith("pace) ==")) for h in headers)
     summary = json.loads((out / "summary.json").read_text())
     assert [r["policy"] for r in summary["rows"]] == ["warm start (SFT)", "RL (DTPO)", "always crop", "never crop"]
@@ -244,5 +258,13 @@ def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch, capsys):
     assert [r["policy"] for r in summary["direct"]] == ["GRPO", "PAPO-G"]
     md = (out / "summary.md").read_text()
     assert "| RL (DTPO) |" in md and "Wall time" in md
-    for f in ("rl/metrics.jsonl", "eval/rl/traces.html", "eval/warm_start/results.json", "direct/papo_g/metrics.jsonl"):
+    # the real-image stage: warm start, GRPO and PAPO-G on held-out digits, with the perception probe
+    assert [r["policy"] for r in summary["digits"]["rows"]] == ["warm start (SFT)", "GRPO", "PAPO-G"]
+    assert all(r["n"] == 6 and r["perception_kl"] >= 0 and 0 <= r["answer_changed"] <= 1
+               for r in summary["digits"]["rows"])
+    assert [c["claim"].split(":")[0] for c in summary["digits"]["checks"]] == \
+        ["RL (GRPO) raises held-out accuracy on real digits by >= 5 points"]
+    assert "| PAPO-G |" in md and "perception KL" in md
+    for f in ("rl/metrics.jsonl", "eval/rl/traces.html", "eval/warm_start/results.json", "direct/papo_g/metrics.jsonl",
+              "digits/data/info.json", "digits/papo_g/metrics.jsonl", "digits/eval/grpo/results.json"):
         assert (out / f).is_file(), f

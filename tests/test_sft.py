@@ -204,3 +204,23 @@ def test_make_scheduler_values_and_early_errors():
         make_scheduler(opt, "step", 5, 10)
     with pytest.raises(ValueError, match=r"sft\.warmup_steps >= 0"):
         make_scheduler(opt, "cosine", -1, 10, section="sft")
+
+
+def test_sft_data_is_the_warm_starts_own_rows(assets, tmp_path):
+    """sft.data names the warm start's rows (the digits recipe's sft.jsonl); "" keeps data.train. The rows are
+    drawn from that file (an empty one is an error naming it)."""
+    from vlmrl.train.sft import _load_samples, sft_data
+
+    train = assets["data"] / "train.jsonl"
+    one = assets["data"] / "one.jsonl"  # beside train.jsonl: image paths are relative to the dataset root
+    row = json.loads(train.read_text().splitlines()[3])
+    one.write_text(json.dumps(row) + "\n")
+    cfg = _cfg(assets, tmp_path / "run")
+    assert sft_data(cfg) == str(train)
+    cfg = replace(cfg, sft=replace(cfg.sft, data=str(one)))
+    assert sft_data(cfg) == str(one)
+    samples, skipped = _load_samples(cfg, 4, seed=0)
+    assert not skipped and {s.question for s in samples} == {row["question"]}
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl"):
+        _load_samples(replace(cfg, sft=replace(cfg.sft, data=str(tmp_path / "empty.jsonl"))), 4, seed=0)

@@ -154,3 +154,37 @@ def test_flags_reach_metrics_jsonl(tiny_dirs, tmp_path, capsys, monkeypatch):
     assert [r["health/answer_collapse"] for r in rows] == [0, 1]  # the eval at step 2: 10 of 10 "B"
     err = capsys.readouterr().err
     assert err.count("zero_std_frac >= 0.0 for 1 steps in a row") == 1 and err.count("answer collapse") == 1
+    # resumed for two more steps: the histories come back from the checkpoint, so nothing is warned again and
+    # the answer-collapse flag of the step-2 eval holds until the next eval (step 4)
+    cfg2 = load_config(root / "recipes" / "grpo.yaml", [
+        f"model.path={tiny_dirs['qwen2_5_vl']}", f"data.train={tmp_path / 'data' / 'train.jsonl'}",
+        f"train.output_dir={tmp_path / 'run'}", "train.steps=4", "train.prompts_per_step=2", "rollout.group_size=2",
+        "rollout.max_new_tokens=4", f"data.eval={tmp_path / 'data' / 'test.jsonl'}", "train.eval_every=2",
+        "train.plot=false", "model.dtype=float32", "model.device=cpu", "train.health.zero_std_frac=0.0",
+        "train.health.zero_std_steps=1", "train.resume=auto"])
+    run_training(cfg2)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["health/answer_collapse"] for r in rows] == [0, 1, 1, 1]
+    err = capsys.readouterr().err
+    assert "zero_std_frac >= 0.0" not in err and "answer collapse" not in err
+
+
+def test_monitor_state_round_trip():
+    """state_dict -> JSON -> load_state_dict gives a monitor that flags and warns as the original would."""
+    import json
+
+    from vlmrl.config import HealthConfig
+    from vlmrl.train.health import HealthMonitor
+
+    a = HealthMonitor(HealthConfig(zero_std_frac=0.5, zero_std_steps=3), warn=False)
+    for i, z in enumerate([0.9, 0.9]):
+        a.update(i + 1, {"reward/mean": 0.1 * i, "zero_std_frac": z, "entropy/policy": 1.0})
+    b = HealthMonitor(HealthConfig(zero_std_frac=0.5, zero_std_steps=3), warn=False)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert b.state_dict() == a.state_dict()
+    third = {"reward/mean": 0.3, "zero_std_frac": 0.9, "entropy/policy": 1.0}
+    assert b.update(3, third)["health/zero_std"] == 1 == a.update(3, dict(third))["health/zero_std"]
+    c = HealthMonitor(HealthConfig(zero_std_frac=0.5, zero_std_steps=3), warn=False)
+    c.load_state_dict(None)  # a checkpoint from before this: a fresh monitor
+    assert c.update(1, third)["health/zero_std"] == 0

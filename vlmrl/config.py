@@ -290,6 +290,7 @@ class SFTConfig:
     box: str = "tight"  # demo crop box: tight (ground truth padded 25%) | grid (one of 9 half-size windows)
     #                     | snap (tight, widened to multiples of the patch factor: the crop is not resized)
     output: str = ""  # where the warm-started model goes ("" = <output_dir>/sft_model)
+    data: str = ""  # the warm start's own rows, same format as data.train ("" = data.train)
     restate_question: bool = False  # the first thought opens with the question: "<think>{question} I can see it.</think>"
 
 

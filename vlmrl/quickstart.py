@@ -17,6 +17,8 @@ has its own progress bar; the summary ends with each stage's wall time):
    sample) -> printed, OUT/summary.md, OUT/summary.json; the trace viewer -> OUT/eval/rl/traces.html
 7. (unless --no-direct) GRPO vs PAPO-G on the direct (no-tool) task from the same warm start, with the same
    budget -> OUT/direct/{grpo,papo_g}, a second table.
+8. (unless --no-digits) real images: scikit-learn's handwritten digits as VQA, an SFT warm start, then GRPO and
+   PAPO-G, evaluated on held-out scans (vlmrl/quickstart_digits.py) -> OUT/digits/, a third table and its claim.
 
 Everything is a pure function of --seed (model init, data, demonstrations, sampling), so seeds are
 independent repetitions. Stages whose output exists are reused (delete OUT to start over).
@@ -45,7 +47,7 @@ DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,
 # Seconds per stage of seed 0's run on a quiet 2-core machine (README: 283 s). Each stage header estimates the
 # time left from these, rescaled by how fast the stages that ran so far went against them (a busy machine is
 # 2-3x slower: torch uses both cores).
-STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16}
+STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16, "digits": 300}
 
 
 def _clock(seconds: float) -> str:
@@ -133,7 +135,8 @@ def table(rows: list[dict]) -> str:
 
 
 def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, direct: bool = True,
-                   size: str = "small", data_args: dict | None = None, overrides: list[str] | None = None) -> dict:
+                   size: str = "small", data_args: dict | None = None, overrides: list[str] | None = None,
+                   digits: bool = True, digits_source: str | None = None) -> dict:
     from vlmrl.config import load_config
     from vlmrl.train.sft import CROP_THINK, DIRECT, restate
 
@@ -145,7 +148,7 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
     cfg = load_config(recipe, common)
     d = {**DATA, **(data_args or {})}
     times, reused = {}, set()  # seconds per stage; stages whose output was reused (not part of the pace)
-    todo = [*STAGE_SECONDS][:None if direct else -1]
+    todo = [k for k in STAGE_SECONDS if (direct or k != "direct") and (digits or k != "digits")]
     stage = lambda title: _stage(title, t_start, times, reused, todo[len(times):])  # noqa: E731
 
     t = stage("1/6 tiny model (offline)")
@@ -202,6 +205,12 @@ def run_quickstart(out: Path, seed: int = 0, recipe: Path = DEFAULT_RECIPE, dire
         t = stage("extra: GRPO vs PAPO-G on the direct (no-tool) task, same budget")
         summary["direct"] = run_direct(out, cfg, seed, sft_model, data, overrides or [])
         times["direct"] = time.time() - t
+    if digits:
+        from vlmrl.quickstart_digits import run_digits
+
+        t = stage("extra: real images (handwritten digits): SFT warm start, then GRPO and PAPO-G")
+        summary["digits"] = run_digits(out, seed, model, source=digits_source, overrides=overrides)
+        times["digits"] = time.time() - t
     times["total"] = time.time() - t_start
     summary["seconds"] = {k: round(v, 1) for k, v in times.items()}
     write_summary(out, summary, text, verdicts)
@@ -237,6 +246,12 @@ def write_summary(out: Path, summary: dict, text: str, verdicts) -> None:
         lines += ["", "Direct task (no tool, the image at the first view's resolution), same budget, from the "
                       "same warm start:", "",
                   table(summary["direct"])]
+    if "digits" in summary:
+        lines += ["", "Real images (scikit-learn's handwritten digits, held-out scans, greedy), SFT warm start then "
+                      "RL with the same budget; perception: KL between the answers with the image and with 60% of "
+                      "its patches blanked, and the share of answers that change (`vlmrl eval --perception`):", "",
+                  summary["digits"]["table"], ""]
+        lines += [f"- {'[met]' if c['holds'] else '[NOT MET]'} {c['claim']}" for c in summary["digits"]["checks"]]
     secs = summary["seconds"]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items())]
     md = "\n".join(lines) + "\n"
@@ -251,6 +266,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the model, data, demonstrations and sampling")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe of the SFT and DTPO stages")
     p.add_argument("--no-direct", action="store_true", help="skip the GRPO vs PAPO-G direct-task stage")
+    p.add_argument("--no-digits", action="store_true", help="skip the real-image stage (handwritten digits)")
+    p.add_argument("--digits-source", default=None,
+                   help="scikit-learn's digits.csv.gz or a scikit_learn-*.whl (default: the installed scikit-learn)")
     p.add_argument("--size", default="small", choices=("tiny", "small"), help="make-tiny size (default small; tiny for a smoke test)")
     p.add_argument("--n", type=int, default=DATA["n"], help=f"train samples (default {DATA['n']})")
     p.add_argument("--n-test", type=int, default=DATA["n_test"], help=f"held-out samples (default {DATA['n_test']})")
@@ -259,7 +277,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     run_quickstart(Path(args.out), seed=args.seed, recipe=Path(args.recipe), direct=not args.no_direct,
-                   size=args.size, data_args={"n": args.n, "n_test": args.n_test}, overrides=args.overrides)
+                   size=args.size, data_args={"n": args.n, "n_test": args.n_test}, overrides=args.overrides,
+                   digits=not args.no_digits, digits_source=args.digits_source)
     return 0
 
 

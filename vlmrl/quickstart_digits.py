@@ -6,7 +6,8 @@ What it does, all from ``recipes/digits.yaml`` with the quickstart's seed and pa
 
 1. ``vlmrl make-data digits`` -> OUT/digits/data (real 8x8 scans upscaled to 112 px; three question kinds: which
    digit, even or odd, greater than K; answers balanced per split; train and held-out images disjoint)
-2. ``vlmrl sft`` from the quickstart's random model -> OUT/digits/sft_model (a short warm start)
+2. ``vlmrl sft`` from the quickstart's random model on sft.jsonl (every "which digit" row, one in five of the
+   others) -> OUT/digits/sft_model (a short warm start: it learns to read the digit)
 3. ``vlmrl train`` GRPO and PAPO-G from that warm start, same budget -> OUT/digits/{grpo,papo_g} (periodic
    held-out accuracy beside the training reward in plots/reward.png; train.health warns when they part)
 4. ``vlmrl eval --task digits --recipe recipes/digits.yaml --perception`` on the held-out split for the warm
@@ -80,8 +81,9 @@ def digits_checks(rows: dict[str, dict]) -> list[tuple[str, bool]]:
 
 
 def run_digits(out: Path, seed: int, model: Path, source: str | None = None, recipe: Path = DIGITS_RECIPE,
-               perception: bool = True) -> dict:
-    """The stage above under ``out``/digits; returns {"rows", "checks", "table"}."""
+               perception: bool = True, overrides: list[str] | None = None) -> dict:
+    """The stage above under ``out``/digits; returns {"rows", "checks", "table"}. ``overrides``: dotted recipe
+    overrides for the SFT and both RL runs (the quickstart passes its own, e.g. a smoke test's step counts)."""
     d = out / "digits"
     data = d / "data"
     if not (data / "test.jsonl").is_file():
@@ -91,10 +93,12 @@ def run_digits(out: Path, seed: int, model: Path, source: str | None = None, rec
             argv += ["--source", source]
         with contextlib.redirect_stdout(io.StringIO()):
             _cli(argv)
-    common = [f"data.train={data / 'train.jsonl'}", f"data.eval={data / 'test.jsonl'}", f"train.seed={seed}"]
+    common = [f"data.train={data / 'train.jsonl'}", f"data.eval={data / 'test.jsonl'}", f"train.seed={seed}",
+              *(overrides or [])]
     sft_model = d / "sft_model"
     if not (sft_model / "config.json").is_file():
-        _cli(["sft", str(recipe), f"model.path={model}", f"sft.output={sft_model}", *common])
+        _cli(["sft", str(recipe), f"model.path={model}", f"sft.output={sft_model}", f"sft.data={data / 'sft.jsonl'}",
+              *common])
     results = {"warm start (SFT)": _eval(sft_model, d / "eval" / "warm_start", data, recipe, perception)}
     for name, run, papo in RL_RUNS:
         run_dir = d / run

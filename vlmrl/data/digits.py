@@ -193,11 +193,30 @@ def plan_split(items: list[tuple[int, int]], kinds: tuple[str, ...], rng: random
     return [(idx, lab, kind, next(ks) if kind == "greater" else None) for (idx, lab), kind in zip(items, slots)]
 
 
+SFT_OTHER_EVERY = 5  # sft.jsonl: every "digit" row, and one in this many rows of each other kind
+
+
+def sft_rows(lines: list[str]) -> list[str]:
+    """The warm start's rows (``sft.jsonl``), a subset of the train split's JSONL lines: every "which digit" row
+    (reading the digit is the skill a short warm start can teach) and every SFT_OTHER_EVERY-th row of each other
+    kind (enough to learn how their answers look). RL then trains on the whole split, where the even/odd and
+    greater-than-K questions ask the model to reason about the digit it reads."""
+    seen: dict[str, int] = {}
+    out = []
+    for line in lines:
+        kind = json.loads(line)["meta"]["category"]
+        seen[kind] = seen.get(kind, 0) + 1
+        if kind == "digit" or seen[kind] % SFT_OTHER_EVERY == 0:
+            out.append(line)
+    return out
+
+
 def make_digits_dataset(out_dir: str | Path, n: int = 600, n_test: int = 200, seed: int = 0,
                         kinds: tuple[str, ...] = KINDS, image_size: int = 112, source: str | Path | None = None,
                         *, overwrite: bool = False) -> dict:
-    """Write ``train.jsonl``, ``test.jsonl``, ``images/`` and ``info.json`` under ``out_dir``; returns the info
-    dict (source, sha256, arguments, per-split counts by kind and answer)."""
+    """Write ``train.jsonl``, ``test.jsonl``, ``sft.jsonl`` (:func:`sft_rows` of the train split), ``images/``
+    and ``info.json`` under ``out_dir``; returns the info dict (source, sha256, arguments, per-split counts by
+    kind and answer, and the sft rows per kind)."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -227,6 +246,10 @@ def make_digits_dataset(out_dir: str | Path, n: int = 600, n_test: int = 200, se
             by_kind[kind][row["answer"]] = by_kind[kind].get(row["answer"], 0) + 1
         (out / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
         counts[split] = {k: dict(sorted(v.items())) for k, v in by_kind.items()}
+        if split == "train":
+            sft = sft_rows(lines)
+            (out / "sft.jsonl").write_text("".join(sft), encoding="utf-8")
+            counts["sft"] = {k: sum(json.loads(x)["meta"]["category"] == k for x in sft) for k in kinds}
     info = {"task": "digits", "source": str(src), "source_sha256": sha, "seed": seed, "n": n, "n_test": n_test,
             "image_size": [image_size, image_size], "kinds": list(kinds), "counts": counts}
     (out / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -171,6 +171,20 @@ class HealthMonitor:
                     print(f"warning: step {step}: {self._message(name)}", file=sys.stderr, flush=True)
         return {k: int(v) for k, v in flags.items()}
 
+    def state_dict(self) -> dict:
+        """The histories and the warnings already given, for a checkpoint (JSON-able)."""
+        return {"rewards": list(self.rewards), "evals": [list(e) for e in self.evals], "zero_std": list(self.zero_std),
+                "entropy": list(self.entropy), "warned": sorted(self.warned), "collapsed": list(self.collapsed)}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Continue from a checkpoint's state_dict() (None, from a checkpoint older than this: start afresh)."""
+        if not state:
+            return
+        self.rewards = list(state["rewards"])
+        self.evals = [tuple(e) for e in state["evals"]]
+        self.zero_std, self.entropy = list(state["zero_std"]), list(state["entropy"])
+        self.warned, self.collapsed = set(state["warned"]), list(state["collapsed"])
+
     def _message(self, name: str) -> str:
         c = self.cfg
         if name == "health/reward_up_eval_down":

@@ -83,6 +83,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     if trainer.is_main:
         save_run_config(cfg, out)
     start = 0
+    state = {}
     ckpt = resolve_resume(out, cfg.train.resume)
     gens = {"rollout": trainer.gen, "papo_mask": trainer.mask_gen}
     sharded = trainer.dist.sharded
@@ -126,6 +127,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
     from vlmrl.train.health import HealthMonitor
 
     health = HealthMonitor(cfg.train.health, warn=trainer.is_main)
+    health.load_state_dict(state.get("health"))  # the eval/reward windows and the warnings given go on
 
     def checkpoint(step: int) -> None:
         acc.wait_for_everyone()
@@ -139,7 +141,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         state = {"data_position": trainer.stream.position, "nonfinite_total": trainer.nonfinite_total,
                  "skipped_samples": by_process[0], "skipped_by_process": by_process,
                  "data_position_by_process": positions,
-                 "budget": trainer.budget.state_dict()}
+                 "budget": trainer.budget.state_dict(), "health": health.state_dict()}
         if sharded:
             save_sharded_checkpoint(out, step, trainer.policy.model, trainer.optimizer, trainer.scheduler, acc,
                                     trainer.policy.processor, trainer_state=state, generators=gens,

@@ -197,12 +197,18 @@ def sft_loss(policy, trajs) -> tuple[torch.Tensor, int]:
     return -(logp * mask).sum() / n.clamp(min=1), int(n)
 
 
+def sft_data(cfg: Config) -> str:
+    """The warm start's rows: ``sft.data``, else ``data.train``."""
+    return cfg.sft.data or cfg.data.train
+
+
 def _load_samples(cfg: Config, need: int, seed: int) -> tuple[list, list[str]]:
     from vlmrl.data import load_dataset
 
-    ds = load_dataset(cfg.data.train, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
+    path = sft_data(cfg)
+    ds = load_dataset(path, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
     if len(ds) == 0:
-        raise ValueError(f"the training dataset {cfg.data.train} is empty")
+        raise ValueError(f"the SFT dataset {path} is empty")
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
     samples, skipped = [], []
     for i in order[:max(1, need)]:
@@ -249,7 +255,7 @@ def run_sft(cfg: Config, policy=None, verbose: bool = True) -> Path:
     demos, skipped2 = build_demos(policy, samples, cfg, seed=seed)
     skipped += skipped2
     if not demos:
-        raise ValueError(f"no usable demonstrations from {cfg.data.train} ({len(skipped)} rows skipped)")
+        raise ValueError(f"no usable demonstrations from {sft_data(cfg)} ({len(skipped)} rows skipped)")
     n_tool = sum(bool(t.tool_calls) for t in demos)
     if verbose:
         print(f"sft: {len(demos)} demonstrations ({n_tool} with a crop), {len(skipped)} rows skipped, "
