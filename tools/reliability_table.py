@@ -80,6 +80,9 @@ ELSEWHERE = [
      "tests/test_models.py::test_bad_model_dirs_get_clear_errors"),
     ("eval", "an unknown task, a missing model directory or data path, --samples 0", "exit code 1 with the reason",
      "tests/test_eval_cli.py::test_bad_input"),
+    ("eval", "--perception in tool mode, --perception-mask-prob outside [0, 1], a --perception-* flag without "
+     "--perception", "exit code 1 with the reason, before any document",
+     "tests/test_eval_perception.py::test_perception_bad_flags"),
     ("eval", "a samples.jsonl whose last line is missing or half-written (an interrupted run)",
      "the line is dropped and that doc redone; finished docs are kept", "tests/test_eval_cli.py::test_resume"),
     ("faults", "SIGKILL in the middle of save_checkpoint",
