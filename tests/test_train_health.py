@@ -188,3 +188,41 @@ def test_monitor_state_round_trip():
     c = HealthMonitor(HealthConfig(zero_std_frac=0.5, zero_std_steps=3), warn=False)
     c.load_state_dict(None)  # a checkpoint from before this: a fresh monitor
     assert c.update(1, third)["health/zero_std"] == 0
+
+
+def test_eval_at_start_logs_the_starting_point(tiny_dirs, tmp_path, monkeypatch):
+    """train.eval_at_start: one held-out eval before the first step, logged as step 0 (eval metrics only), so the
+    curve beside the reward starts at the warm start's score; off by default; not repeated on resume."""
+    from vlmrl.data.synthetic import make_zoom_dataset
+    from vlmrl.train.metrics import read_metrics
+    from vlmrl.train.run import run_training
+
+    import vlmrl.train.run as run_mod
+
+    calls = []
+
+    def fake_eval(policy, dataset, cfg, limit, sampler=None, answers=None):
+        calls.append(limit)
+        return {"eval/accuracy": 0.25 * len(calls)}
+
+    monkeypatch.setattr(run_mod, "evaluate", fake_eval)
+    monkeypatch.setenv("VLMRL_NO_PROGRESS", "1")
+    make_zoom_dataset(tmp_path / "data", n=4, n_test=2, seed=0)
+    root = Path(__file__).resolve().parents[1]
+
+    def cfg(out, steps, *extra):
+        return load_config(root / "recipes" / "grpo.yaml", [
+            f"model.path={tiny_dirs['qwen2_5_vl']}", f"data.train={tmp_path / 'data' / 'train.jsonl'}",
+            f"train.output_dir={tmp_path / out}", f"train.steps={steps}", "train.prompts_per_step=2",
+            "rollout.group_size=2", "rollout.max_new_tokens=4", f"data.eval={tmp_path / 'data' / 'test.jsonl'}",
+            "train.eval_every=2", "train.eval_samples=7", "train.plot=false", "model.dtype=float32",
+            "model.device=cpu", *extra])
+
+    rows = read_metrics(run_training(cfg("on", 2, "train.eval_at_start=true")) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2] and calls == [7, 7]
+    assert rows[0]["eval/accuracy"] == 0.25 and "reward/mean" not in rows[0] and rows[2]["eval/accuracy"] == 0.5
+    run_training(cfg("on", 4, "train.eval_at_start=true", "train.resume=auto"))  # resumed: no second step-0 eval
+    assert [r["step"] for r in read_metrics(tmp_path / "on" / "metrics.jsonl")] == [0, 1, 2, 3, 4] and len(calls) == 3
+    calls.clear()
+    rows = read_metrics(run_training(cfg("off", 2)) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and calls == [7]

@@ -344,6 +344,7 @@ class TrainConfig:
     resume: str = "auto"  # auto | none | a checkpoint path
     eval_every: int = 0  # 0 = no periodic evaluation
     eval_samples: int = 32
+    eval_at_start: bool = False  # also evaluate before the first step (logged as step 0: the starting point of the curve)
     trace_samples: int = 8  # trajectories per step written to traces/
     max_nonfinite_steps: int = 3  # this many NaN/inf steps in a row stop the run
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
