@@ -125,8 +125,12 @@ def checks(rows: dict[str, dict]) -> list[tuple[str, bool]]:
     ]
 
 
+def pct(v: float | None) -> str:
+    """A table cell: a fraction as a percentage with one decimal, "-" when there is none."""
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def table(rows: list[dict]) -> str:
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["| policy | accuracy | acc. zoom / no-zoom | tool calls zoom / no-zoom | visual tokens / sample |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:

@@ -25,19 +25,12 @@ import io
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from vlmrl.quickstart import ROOT, _cli, pct
+
 DIGITS_RECIPE = ROOT / "recipes" / "digits.yaml"
 DIGITS_DATA = {"n": 1500, "n_test": 200}  # every scan not in the held-out 200 is a training image (1597 in all)
 KIND_METRICS = (("digit", "accuracy_number"), ("even/odd", "accuracy_word"), ("greater than K", "accuracy_choice"))
 RL_RUNS = (("GRPO", "grpo", False), ("PAPO-G", "papo_g", True))
-
-
-def _cli(argv: list[str]) -> None:
-    from vlmrl.cli import main
-
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"`vlmrl {' '.join(argv)}` failed with exit code {code}")
 
 
 def _eval(model: Path, out: Path, data: Path, recipe: Path, perception: bool) -> dict:
@@ -61,7 +54,6 @@ def digits_row(name: str, res: dict) -> dict:
 
 
 def digits_table(rows: list[dict]) -> str:
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     kl = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["| policy | accuracy | " + " | ".join(k for k, _ in KIND_METRICS)
              + " | perception KL | answers changed by masking |",

@@ -151,12 +151,9 @@ def perception_settings(args, settings):
         if given:
             raise ValueError(f"--perception-{given[0].replace('_', '-')} needs --perception")
         return None
-    if settings.mode != "direct":
-        raise ValueError("--perception works in direct mode only (drop --tool, or use a recipe with "
-                         "rollout.mode: direct)")
     ps = PerceptionSettings(mask_prob=args.perception_mask_prob, patch_size=args.perception_patch_size,
                             mask_order=args.perception_mask_order)
-    ps.check()
+    ps.check(settings.mode)
     return ps
 
 

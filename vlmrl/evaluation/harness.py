@@ -325,10 +325,7 @@ def evaluate(task, docs: list[dict], policy, out_dir: str | Path, settings: Eval
     if not docs:
         raise ValueError(f"task {task.name}: no documents to evaluate")
     if perception is not None:
-        perception.check()
-        if settings.mode != "direct":
-            raise ValueError("--perception works in direct mode only (use --direct or a recipe with "
-                             "rollout.mode: direct)")
+        perception.check(settings.mode)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples_path, traces_path = out / SAMPLES_FILE, out / TRACES_FILE

@@ -42,7 +42,12 @@ class PerceptionSettings:
     patch_size: int = 0  # tile side in pixels; 0 = the family's vision patch (14 Qwen2/2.5-VL, 16 Qwen3-VL)
     mask_order: str = "raw"  # raw: mask the source image, then resize (PAPO's code); resized: mask the seen view
 
-    def check(self) -> None:
+    def check(self, mode: str = "direct") -> None:
+        """Clear errors for bad knobs, and for a rollout ``mode`` other than direct (the probe masks the prompt
+        images of one direct answer; a tool loop's crops would need masking too)."""
+        if mode != "direct":
+            raise ValueError("--perception works in direct mode only (drop --tool, or use a recipe with "
+                             "rollout.mode: direct)")
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"--perception-mask-prob must be in [0, 1], got {self.mask_prob}")
         if self.patch_size < 0:
