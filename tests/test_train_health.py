@@ -226,3 +226,6 @@ def test_eval_at_start_logs_the_starting_point(tiny_dirs, tmp_path, monkeypatch)
     calls.clear()
     rows = read_metrics(run_training(cfg("off", 2)) / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and calls == [7]
+    calls.clear()  # the starting point alone, without periodic evals
+    rows = read_metrics(run_training(cfg("start", 2, "train.eval_at_start=true", "train.eval_every=0")) / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2] and calls == [7] and "eval/accuracy" not in rows[2]

@@ -117,7 +117,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         if trainer.is_main:
             print(f"resumed from {ckpt} at step {start}")
     eval_set = None
-    if cfg.data.eval and cfg.train.eval_every:
+    if cfg.data.eval and (cfg.train.eval_every or cfg.train.eval_at_start):
         from vlmrl.data import load_dataset
 
         eval_set = load_dataset(cfg.data.eval, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
@@ -168,7 +168,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         metrics, trajs = trainer.step()
         metrics = reduce_metrics(metrics, acc)
         answers = None
-        if eval_set is not None and step % cfg.train.eval_every == 0:
+        if eval_set is not None and cfg.train.eval_every and step % cfg.train.eval_every == 0:
             answers = []
             metrics.update(evaluate(trainer.policy, eval_set, cfg, cfg.train.eval_samples, sampler=trainer.sampler,
                                     answers=answers))
