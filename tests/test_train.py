@@ -328,3 +328,36 @@ def test_periodic_eval_runs_with_the_trainers_sampler(tiny_policies):
     out = evaluate(pol, samples, cfg, limit=3, sampler=scripted, answers=answers)
     assert out["eval/accuracy"] == pytest.approx(2 / 3) and out["eval/skipped_samples"] == 0
     assert answers == [("number", "7", "7"), ("number", "7", "7"), ("number", "7", "3")]
+
+
+def test_dropped_groups_filling_a_micro_batch_are_not_run(assets, tmp_path, monkeypatch):
+    """Dynamic sampling keeps the dropped groups' rows in the step's batch with their loss mask zeroed. When a
+    whole micro-batch is such rows (here group 0, zero reward std, first in the batch, micro-batch = one group)
+    its loss had no gradient and backward raised "element 0 of tensors does not require grad" (found on the
+    digits recipe with algo.dynamic_sampling=true). Rows without a loss token are now left out of the passes:
+    the step trains, every pass sees only rows with loss tokens, and every kept row is run once."""
+    from vlmrl.train.trainer import Trainer
+
+    cfg = load_config(None, overrides(assets, tmp_path, steps=1) + [
+        "algo.dynamic_sampling=true", "algo.max_sampling_tries=3", "train.micro_batch_size=2"])
+
+    def score(self, trajs, groups):  # group 0: equal rewards (dropped); later groups: one of two right
+        total = [float(t.group_id > 0 and i % 2) for i, t in enumerate(trajs)]
+        return total, {"accuracy": total}
+
+    monkeypatch.setattr(Trainer, "_score", score)
+    tr = Trainer(cfg)
+    seen, real = [], Trainer._micro_loss
+
+    def micro_loss(self, batch, rows, w, n_tok, temp):
+        seen.append((rows, [float(batch.loss_mask[i].sum()) for i in rows]))
+        return real(self, batch, rows, w, n_tok, temp)
+
+    monkeypatch.setattr(Trainer, "_micro_loss", micro_loss)
+    before = {k: v.detach().clone() for k, v in tr.policy.model.named_parameters()}
+    metrics, trajs = tr.step()
+    assert [t.group_id for t in trajs][:2] == [0, 0] and metrics["zero_std_frac"] > 0
+    assert seen and all(all(tok > 0 for tok in toks) for _, toks in seen)
+    ran = sorted(i for rows, _ in seen for i in rows)
+    assert ran == [i for i, t in enumerate(trajs) if t.group_id > 0]  # every kept row once, group 0's never
+    assert any(not torch.equal(before[k], v) for k, v in tr.policy.model.named_parameters())

@@ -313,11 +313,16 @@ class Trainer:
         n_mini = math.ceil(n / mini)
         if W > 1:  # every rank runs as many mini-batches as the rank with the most
             n_mini = int(self.dist.gather([n_mini]).max())
+        # rows without a loss token (groups the filters dropped, unfinished rows masked out) add nothing to the
+        # loss or its gradient: they are left out of the passes (they still count where an aggregation counts rows)
+        has_tok = (batch.loss_mask.sum(1) > 0).tolist()
+        pad_row = next((i for i in range(n) if has_tok[i]), 0)  # the row a padding pass runs (weight 0)
         for _epoch in range(cfg.train.ppo_epochs):
             order = torch.randperm(n, generator=perm_gen).tolist() if cfg.train.ppo_epochs > 1 or mini < n else list(range(n))
             for start in range(0, n_mini * mini, mini):
                 idx = order[start:start + mini]
-                chunks = micro_batches(idx, batch.lengths, micro, self._share_groups(batch)) if idx else []
+                live = [i for i in idx if has_tok[i]]
+                chunks = micro_batches(live, batch.lengths, micro, self._share_groups(batch)) if live else []
                 n_tok = int(batch.take(batch.loss_mask, idx).sum()) if idx else 0
                 totals, n_chunks = None, len(chunks)
                 if W > 1:  # the global counts: tokens, the aggregation's denominators, and micro-batches
@@ -332,7 +337,7 @@ class Trainer:
                 weights = self._loss_weights(batch, idx, totals) * W if idx else None
                 for c in range(n_chunks):
                     real = c < len(chunks)
-                    rows = [idx[k] for k in chunks[c]] if real else [0]  # a padding pass: a real row, weight 0
+                    rows = [live[k] for k in chunks[c]] if real else [pad_row]  # a padding pass: a real row, weight 0
                     sync = c == n_chunks - 1
                     ctx = self.acc.no_sync(pol.model) if not sync and self.acc.num_processes > 1 else nullcontext()
                     with ctx:
