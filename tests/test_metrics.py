@@ -68,7 +68,7 @@ def test_resume_drops_later_steps_and_partial_line(tmp_path):
     with MetricsLogger(tmp_path) as logger:  # resume_step=None appends as is
         logger.log(5, {})
     assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4, 5]
-    MetricsLogger(tmp_path, resume_step=0).close()
+    MetricsLogger(tmp_path, resume_step=-1).close()
     assert read_metrics(path) == []
 
 

@@ -223,6 +223,10 @@ def test_eval_at_start_logs_the_starting_point(tiny_dirs, tmp_path, monkeypatch)
     assert rows[0]["eval/accuracy"] == 0.25 and "reward/mean" not in rows[0] and rows[2]["eval/accuracy"] == 0.5
     run_training(cfg("on", 4, "train.eval_at_start=true", "train.resume=auto"))  # resumed: no second step-0 eval
     assert [r["step"] for r in read_metrics(tmp_path / "on" / "metrics.jsonl")] == [0, 1, 2, 3, 4] and len(calls) == 3
+    # a fresh run into the same directory (no checkpoint resumed) starts the file afresh: no old step-0 record
+    run_training(cfg("on", 1, "train.eval_at_start=true", "train.resume=none"))
+    rows = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1] and rows[0]["eval/accuracy"] == 1.0 and len(calls) == 4
     calls.clear()
     rows = read_metrics(run_training(cfg("off", 2)) / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and calls == [7]

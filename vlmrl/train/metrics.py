@@ -141,7 +141,7 @@ class MetricsLogger:
     """Append one JSON record per step to RUN_DIR/metrics.jsonl, and to accelerate's trackers if given.
 
     resume_step: None appends to an existing file as is; k keeps only records with step <= k (use the
-    step of the checkpoint resumed from, 0 to start the file afresh). Non-main processes write nothing.
+    step of the checkpoint resumed from; -1 to start the file afresh, as 0 keeps a step-0 eval). Non-main processes write nothing.
     """
 
     def __init__(self, run_dir: str | os.PathLike, is_main: bool = True, accelerator=None,

@@ -122,7 +122,7 @@ def run_training(cfg: Config, accelerator=None) -> Path:
 
         eval_set = load_dataset(cfg.data.eval, format=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
     logger = MetricsLogger(out, is_main=trainer.is_main, accelerator=acc if cfg.train.log_with else None,
-                           resume_step=start)
+                           resume_step=start if ckpt is not None else -1)  # a fresh start drops an old run's records
     bar = progress(cfg.train.steps, desc=f"train {cfg.algo.name}", is_main=trainer.is_main, initial=start)
     from vlmrl.train.health import HealthMonitor
 
