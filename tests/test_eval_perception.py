@@ -152,3 +152,24 @@ def test_perception_bad_flags(digits, model, tmp_path, capsys):
     assert main(base + ["--perception-mask-prob", "0.3"]) != 0
     assert "--perception-mask-prob needs --perception" in capsys.readouterr().err
     assert not (tmp_path / "x" / "samples.jsonl").exists()
+
+
+def test_accuracy_per_category_by_hand(digits):
+    """results.json's by.category holds the task's metrics per question kind (meta.category), with or without
+    --perception: here 6 digits rows (2 per kind), right answers given for the first row of each kind and for
+    the second "digit" row, so digit 1.0, parity 0.5, greater 0.5."""
+    from vlmrl.evaluation.harness import category_metrics
+    from vlmrl.evaluation.perception import doc_category
+    from vlmrl.evaluation.tasks import load_task
+
+    task = load_task("digits")
+    docs = task.load_docs(str(digits), images=False)
+    cats = [doc_category(task, d) for d in docs]
+    assert cats == ["digit", "parity", "greater"] * 2
+    right = [True, True, True, True, False, False]
+    records = [{"doc_id": d["doc_id"], "filtered_resps": [d["row"]["answer"] if ok else "nothing"]}
+               for d, ok in zip(docs, right)]
+    by = category_metrics(task, docs, records, cats, 1)
+    assert {k: (v["n"], v["accuracy"]) for k, v in by.items()} == {
+        "digit": (2, 1.0), "greater": (2, 0.5), "parity": (2, 0.5)}
+    assert by["parity"]["accuracy_word"] == 0.5 and category_metrics(task, docs, records, [None] * 6, 1) == {}

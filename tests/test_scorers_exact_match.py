@@ -65,6 +65,23 @@ def test_exact_match_values(tmp_path):
     assert [r["score"] for r in per_doc] == [0, 0, 0, 0, 1, 0, 0]
 
 
+def test_exact_match_choice_is_the_training_rewards_rule(tmp_path):
+    """Choice rows score as the training reward parses them (vlmrl.rewards.accuracy.parse_choice): a letter
+    alone or after a lead-in, or exactly one option's whole text. An option's text inside another word is no
+    answer: "nothing" and "not sure" picked option "no" under VLMEvalKit's substring rule (can_infer_text, kept
+    for the benchmark scorers), so the digits task scored them right against "no"."""
+    from vlmrl.rewards.accuracy import parse_choice
+
+    task, docs = _docs(tmp_path, rows=[{"question": "Greater than 4?", "answer": "A", "choices": ["no", "yes"]}])
+    cases = {"A": 1, "(A)": 1, "Answer: A": 1, "<answer>no</answer>": 1, "No.": 1, "A) no": 1,
+             "nothing": 0, "not sure": 0, "B": 0, "yes": 0, "A or B": 0, "": 0}
+    for response, want in cases.items():
+        _, per_doc = task.score(docs, {0: response})
+        assert per_doc[0]["score"] == want, response
+        reward = parse_choice(response.replace("<answer>", "").replace("</answer>", ""), ["no", "yes"])
+        assert (reward == "A") == bool(want), response
+
+
 def test_exact_match_tolerance_from_scorer_args(tmp_path):
     task, docs = _docs(tmp_path, rows=[{"question": "Length?", "answer": "2.5"}], scorer_args={"abs_tol": 0.1})
     assert task.score(docs, {0: "2.58"})[0]["accuracy"] == 1.0

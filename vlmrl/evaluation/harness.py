@@ -12,8 +12,9 @@ Outputs, in the output folder:
                    (vlmrl/evaluation/perception.py).
 ``traces.jsonl``   the trajectories (``vlmrl view`` renders them); ``prompt_index`` is the doc_id.
 ``results.json``   ``{"task", "n", "metrics", "score", "visual_tokens_per_sample", "tool_call_rate",
-                   "by": the same per value of each boolean field (e.g. needs_zoom) (with ``--perception``
-                   also "category": the perception metrics per category), ...,
+                   "by": the same per value of each boolean field (e.g. needs_zoom), and "category": the
+                   metrics per question category (the task's category field, else the rows' meta.category;
+                   with ``--perception`` the perception metrics too), ...,
                    "skipped_docs", "skipped"}``: docs whose image cannot be decoded are left out of the
                    metrics, counted and listed (with the file and row), and tried again on resume.
 
@@ -248,12 +249,15 @@ def summarize(task, docs: list[dict], records: list[dict], settings: EvalSetting
     k_total = min(len(r["filtered_resps"]) for r in records)
     metrics, _ = score_k(task, done_docs, {r["doc_id"]: r["filtered_resps"] for r in records}, k_total)
     by = breakdown(task, done_docs, records)
-    if any(r.get("perception") for r in records):  # `vlmrl eval --perception` (vlmrl/evaluation/perception.py)
-        from .perception import doc_category, perception_by, perception_metrics
+    from .perception import doc_category, perception_by, perception_metrics
 
+    groups = [doc_category(task, d) for d in done_docs]
+    if cats := category_metrics(task, done_docs, records, groups, k_total):
+        by["category"] = cats
+    if any(r.get("perception") for r in records):  # `vlmrl eval --perception` (vlmrl/evaluation/perception.py)
         metrics.update(perception_metrics(records))
-        if cats := perception_by(records, [doc_category(task, d) for d in done_docs]):
-            by["category"] = cats
+        for value, extra in perception_by(records, groups).items():
+            by.setdefault("category", {}).setdefault(value, {}).update(extra)
     return {
         "task": task.name,
         "n": len(records),
@@ -274,6 +278,17 @@ def usage(records: list[dict]) -> dict:
     return {"score": sum(r["score"] for r in records) / len(records) if records else 0.0,
             "visual_tokens_per_sample": sum(vt) / len(vt) if vt else 0.0,
             "tool_call_rate": sum(1 for c in calls if c) / len(calls) if calls else 0.0}
+
+
+def category_metrics(task, docs: list[dict], records: list[dict], groups: list, k_total: int) -> dict:
+    """The task's metrics per category (``groups[i]``: doc i's category, None for none), as
+    ``{str(value): {"n": docs, **metrics}}`` sorted by value; {} when no doc has one."""
+    out = {}
+    for v in sorted({str(g) for g in groups if g is not None}):
+        part = [(d, r) for d, r, g in zip(docs, records, groups) if g is not None and str(g) == v]
+        resps = {r["doc_id"]: r["filtered_resps"] for _, r in part}
+        out[v] = {"n": len(part), **score_k(task, [d for d, _ in part], resps, k_total)[0]}
+    return out
 
 
 def breakdown(task, docs: list[dict], records: list[dict]) -> dict:

@@ -39,7 +39,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from vlmrl.rewards.accuracy import parse_number
+from vlmrl.rewards.accuracy import parse_choice, parse_number
 
 from .choice import extract_choice, mme_realworld_extract, normalize_letter
 from .mathvista import mathvista_correct
@@ -538,8 +538,10 @@ def _em_doc(task, doc, response):
     at = _em_type(task, doc)
     ans = _final_answer(task, response)
     targets = _answers(doc["target"])
-    if at == "choice":
-        parsed = extract_choice(ans, doc["choices"])
+    if at == "choice":  # the training reward's rule (a letter alone, "Answer: B", "B) ...", or one option's text)
+        letters = list(doc["choices"])
+        picked = parse_choice(ans, [doc["choices"][k] for k in letters])
+        parsed = letters[ord(picked) - ord("A")] if picked is not None else None
         ok = parsed is not None and any(parsed == _zoom_target_letter({**doc, "target": t}) for t in targets)
     elif at == "number":
         parsed = _number_or_word(ans)
