@@ -233,3 +233,44 @@ def test_eval_at_start_logs_the_starting_point(tiny_dirs, tmp_path, monkeypatch)
     calls.clear()  # the starting point alone, without periodic evals
     rows = read_metrics(run_training(cfg("start", 2, "train.eval_at_start=true", "train.eval_every=0")) / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2] and calls == [7] and "eval/accuracy" not in rows[2]
+
+
+def test_start_collapse_warns_at_step_0(tiny_dirs, tmp_path, monkeypatch, capsys):
+    """health/start_collapse: the eval before the first step finds a kind the starting model answers with one
+    answer (here 10 of 10 "even" for 5 even and 5 odd targets): warned at step 0, flagged in the step-0 record.
+    (On the digits task a warm start at 100% "even" stayed there for 100 GRPO steps.) A start with mixed answers
+    is not flagged."""
+    from vlmrl.data.synthetic import make_zoom_dataset
+    from vlmrl.train.metrics import read_metrics
+    from vlmrl.train.run import run_training
+
+    import vlmrl.train.run as run_mod
+
+    preds = {}
+
+    def fake_eval(policy, dataset, cfg, limit, sampler=None, answers=None):
+        if answers is not None:
+            answers.extend(("parity", p, "even" if i % 2 else "odd") for i, p in enumerate(preds["start"]))
+        return {"eval/accuracy": 0.5}
+
+    monkeypatch.setattr(run_mod, "evaluate", fake_eval)
+    monkeypatch.setenv("VLMRL_NO_PROGRESS", "1")
+    make_zoom_dataset(tmp_path / "data", n=4, n_test=2, seed=0)
+    root = Path(__file__).resolve().parents[1]
+
+    def run(out, start_answers):
+        preds["start"] = start_answers
+        cfg = load_config(root / "recipes" / "grpo.yaml", [
+            f"model.path={tiny_dirs['qwen2_5_vl']}", f"data.train={tmp_path / 'data' / 'train.jsonl'}",
+            f"data.eval={tmp_path / 'data' / 'test.jsonl'}", f"train.output_dir={tmp_path / out}", "train.steps=1",
+            "train.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4", "train.eval_every=0",
+            "train.eval_at_start=true", "train.plot=false", "model.dtype=float32", "model.device=cpu"])
+        return read_metrics(run_training(cfg) / "metrics.jsonl")
+
+    rows = run("collapsed", ["even"] * 10)
+    err = capsys.readouterr().err
+    assert rows[0]["step"] == 0 and rows[0]["health/start_collapse"] == 1
+    assert 'warning: step 0: the starting model gives one answer whatever the image: question kind "parity": ' \
+           '100% of 10 eval answers are "even"' in err and "zero advantages" in err
+    rows = run("mixed", ["even", "odd"] * 5)
+    assert rows[0]["health/start_collapse"] == 0 and "step 0" not in capsys.readouterr().err

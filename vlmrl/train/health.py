@@ -22,11 +22,16 @@ health/answer_collapse     at the last periodic eval, for some question kind (``
                            greedy predictions while the targets' most common answer has a
                            smaller share: the model answers the same whatever the image (e.g.
                            always "no"; the split's majority answer)
+health/start_collapse      the same at the eval before the first step (``train.eval_at_start``; logged
+                           at step 0): the starting model already answers one answer for a kind, and
+                           GRPO cannot teach it from there (every group of that kind is all right or
+                           all wrong: zero advantages). Measured on the digits task: a warm start at
+                           100% "even" stayed there for 100 steps
 =========================  ===================================================================
 
 The checks are pure functions of the metric history (:func:`reward_up_eval_down`,
 :func:`zero_std_streak`, :func:`entropy_collapsed`) and of the eval's answers (:func:`answer_rows`,
-:func:`collapsed_answers`); :class:`HealthMonitor` keeps that history across steps. A resumed run starts a fresh history (the checks need their windows again).
+:func:`collapsed_answers`); :class:`HealthMonitor` keeps that history across steps. A checkpoint keeps that history (a resumed run goes on with it).
 """
 
 from __future__ import annotations
@@ -129,6 +134,11 @@ def collapsed_answers(rows, share: float, min_n: int) -> list[dict]:
     return out
 
 
+def _collapse_parts(collapsed: list[dict]) -> str:
+    return "; ".join(f'question kind "{x["kind"]}": {x["share"]:.0%} of {x["n"]} eval answers are "{x["answer"]}" '
+                     f'(the most common target answer is {x["target_share"]:.0%})' for x in collapsed)
+
+
 @dataclass
 class HealthMonitor:
     """Feed it every step's metrics (after the periodic eval joined them); it returns the flags to log."""
@@ -171,6 +181,24 @@ class HealthMonitor:
                     print(f"warning: step {step}: {self._message(name)}", file=sys.stderr, flush=True)
         return {k: int(v) for k, v in flags.items()}
 
+    def check_start(self, answers: list) -> dict:
+        """The eval before the first step (train.eval_at_start): a question kind the starting model already
+        answers with one answer whatever the image. GRPO cannot teach such a kind from there: each group of its
+        questions is all right or all wrong (one answer, sampled over and over), so its advantages are 0.
+        Warns once; returns the flag to log at step 0."""
+        c = self.cfg
+        if not c.enabled:
+            return {}
+        start = collapsed_answers(answers, c.answer_collapse_share, c.answer_collapse_min_n)
+        if start and "health/start_collapse" not in self.warned:
+            self.warned.add("health/start_collapse")
+            if self.warn:
+                print(f"warning: step 0: the starting model gives one answer whatever the image: {_collapse_parts(start)}."
+                      " RL cannot teach a kind from there (its groups are all right or all wrong: zero advantages): "
+                      "train the warm start on more rows of that kind first "
+                      "[train.health.answer_collapse_share, answer_collapse_min_n]", file=sys.stderr, flush=True)
+        return {"health/start_collapse": int(bool(start))}
+
     def state_dict(self) -> dict:
         """The histories and the warnings already given, for a checkpoint (JSON-able)."""
         return {"rewards": list(self.rewards), "evals": [list(e) for e in self.evals], "zero_std": list(self.zero_std),
@@ -198,10 +226,7 @@ class HealthMonitor:
                     "has a single reward value, so almost nothing is learned (task too easy or too hard for the model, "
                     "or too few samples per prompt) [train.health.zero_std_frac, zero_std_steps]")
         if name == "health/answer_collapse":
-            parts = "; ".join(f'question kind "{x["kind"]}": {x["share"]:.0%} of {x["n"]} eval answers are '
-                              f'"{x["answer"]}" (the most common target answer is {x["target_share"]:.0%})'
-                              for x in self.collapsed)
-            return (f"answer collapse: {parts}: the model gives one answer whatever the image (often the training "
+            return (f"answer collapse: {_collapse_parts(self.collapsed)}: the model gives one answer whatever the image (often the training "
                     "split's majority answer); balance the training answers, lower the learning rate, or add a KL "
                     "term [train.health.answer_collapse_share, answer_collapse_min_n]")
         vals = [v for v in self.entropy if _finite(v)]

@@ -163,7 +163,9 @@ def run_training(cfg: Config, accelerator=None) -> Path:
         acc.wait_for_everyone()
 
     if eval_set is not None and cfg.train.eval_at_start and start == 0:  # the curve's starting point
-        logger.log(0, evaluate(trainer.policy, eval_set, cfg, cfg.train.eval_samples, sampler=trainer.sampler))
+        answers = []
+        first = evaluate(trainer.policy, eval_set, cfg, cfg.train.eval_samples, sampler=trainer.sampler, answers=answers)
+        logger.log(0, first | health.check_start(answers))
     for step in range(start + 1, cfg.train.steps + 1):
         metrics, trajs = trainer.step()
         metrics = reduce_metrics(metrics, acc)
