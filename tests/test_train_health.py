@@ -238,7 +238,7 @@ def test_eval_at_start_logs_the_starting_point(tiny_dirs, tmp_path, monkeypatch)
 def test_start_collapse_warns_at_step_0(tiny_dirs, tmp_path, monkeypatch, capsys):
     """health/start_collapse: the eval before the first step finds a kind the starting model answers with one
     answer (here 10 of 10 "even" for 5 even and 5 odd targets): warned at step 0, flagged in the step-0 record.
-    (On the digits task a warm start at 100% "even" stayed there for 100 GRPO steps.) A start with mixed answers
+    (On the digits task a warm start at 100% "even" stayed there for 125 GRPO steps.) A start with mixed answers
     is not flagged."""
     from vlmrl.data.synthetic import make_zoom_dataset
     from vlmrl.train.metrics import read_metrics
