@@ -44,11 +44,11 @@ DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,
         "tag_size": 12}
 
 
-# Seconds per stage of seed 0's run on a quiet 2-core machine (README: 283 s; the digits stage's 400 is estimated from
+# Seconds per stage of seed 0's run on a quiet 2-core machine (README: 283 s; the digits stage's 570 is estimated from
 # its parts' timings, not yet measured end to end on a quiet machine). Each stage header estimates the
 # time left from these, rescaled by how fast the stages that ran so far went against them (a busy machine is
 # 2-3x slower: torch uses both cores).
-STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16, "digits": 400}
+STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16, "digits": 570}
 
 
 def _clock(seconds: float) -> str:

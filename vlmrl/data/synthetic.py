@@ -482,7 +482,7 @@ def add_args(parser) -> None:
                              "or solid (a plain tiny glyph, only blurred)")
     parser.add_argument("--categories", default=None,
                         help=f"comma-separated subset of question kinds ({', '.join(CATEGORIES)}; default: all but "
-                             "tag_color; digits: digit, parity, greater, default all)")
+                             "tag_color; digits: digit, parity, greater, default digit,parity)")
     parser.add_argument("--source", default=None,
                         help="digits only: scikit-learn's digits.csv.gz or a scikit_learn-*.whl (default: the "
                              "installed scikit-learn's copy)")
@@ -535,10 +535,10 @@ def run(args) -> int:
 
 
 def _run_digits(args) -> int:
-    from vlmrl.data.digits import KINDS, make_digits_dataset
+    from vlmrl.data.digits import DEFAULT_KINDS, make_digits_dataset
 
     try:
-        kinds = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else KINDS
+        kinds = tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else DEFAULT_KINDS
         size = int(args.image_size) if args.image_size else 112
         info = make_digits_dataset(args.out, n=600 if args.n is None else args.n,
                                    n_test=200 if args.n_test is None else args.n_test, seed=args.seed, kinds=kinds,
