@@ -39,7 +39,7 @@ def _rows(path):
 def test_rows_splits_and_answers(tmp_path, source, capsys):
     out = tmp_path / "d"
     assert main(["make-data", "digits", "--out", str(out), "--source", str(source), "--n", "6", "--n-test", "4",
-                 "--image-size", "56", "--seed", "3"]) == 0
+                 "--image-size", "56", "--seed", "3", "--categories", "digit,parity,greater"]) == 0
     train, test = _rows(out / "train.jsonl"), _rows(out / "test.jsonl")
     assert len(train) == 6 and len(test) == 4
     printed = capsys.readouterr().out
@@ -66,9 +66,9 @@ def test_rows_splits_and_answers(tmp_path, source, capsys):
     info = json.loads((out / "info.json").read_text())
     assert info["n"] == 6 and info["source_sha256"] and info["kinds"] == ["digit", "parity", "greater"]
     # same seed, same test set whatever n; another seed, another shuffle
-    make_digits_dataset(tmp_path / "e", n=2, n_test=4, seed=3, source=source)
+    make_digits_dataset(tmp_path / "e", n=2, n_test=4, seed=3, source=source, kinds=KINDS)
     assert _rows(tmp_path / "e" / "test.jsonl") == test
-    make_digits_dataset(tmp_path / "f", n=2, n_test=4, seed=4, source=source)
+    make_digits_dataset(tmp_path / "f", n=2, n_test=4, seed=4, source=source, kinds=KINDS)
     assert _rows(tmp_path / "f" / "test.jsonl") != test
 
 
@@ -89,7 +89,7 @@ def test_yes_no_and_even_odd_balanced_within_each_split(tmp_path):
     src.write_bytes(gzip.compress("".join(",".join(map(str, BAR)) + f",{lab}\n" for lab in labels).encode()))
     for n in (7, 61, 150):
         out = tmp_path / f"d{n}"
-        info = make_digits_dataset(out, n=n, n_test=45, seed=1, source=src, image_size=8)
+        info = make_digits_dataset(out, n=n, n_test=45, seed=1, source=src, image_size=8, kinds=KINDS)
         for split in ("train", "test"):
             rows = _rows(out / f"{split}.jsonl")
             counts = _answer_counts(rows)
@@ -154,7 +154,7 @@ def test_rows_load_for_training_and_score_with_the_task(tmp_path, source):
     from vlmrl.evaluation.tasks import load_task
 
     out = tmp_path / "d"
-    make_digits_dataset(out, n=3, n_test=6, source=source, image_size=56)
+    make_digits_dataset(out, n=3, n_test=6, source=source, image_size=56, kinds=KINDS)
     ds = load_dataset(str(out / "train.jsonl"))
     assert len(ds) == 3 and ds[2].choices == ["yes", "no"] and ds[0].images[0].size == (56, 56)
     task = load_task("digits")
@@ -183,21 +183,22 @@ def test_digits_recipe_loads_with_a_periodic_eval_and_enough_pixels():
     assert cfg.rollout.image_max_pixels >= 112 * 112  # the default 112-px images keep their 16 visual tokens
 
 
-def test_sft_rows_every_digit_row_and_one_in_five_of_the_others(tmp_path):
-    """sft.jsonl (the warm start's rows): all "which digit" rows, the 5th, 10th, ... row of each other kind, in
-    the train split's order; written beside train.jsonl and counted in info.json."""
-    from vlmrl.data.digits import sft_rows
+def test_sft_rows_every_digit_row_and_one_in_25_of_the_others(tmp_path):
+    """sft.jsonl (the warm start's rows): all "which digit" rows, the 25th, 50th, ... row of each other kind, in
+    the train split's order; written beside train.jsonl and counted in info.json. The default kinds are which
+    digit and even/odd (greater-than-K only when named)."""
+    from vlmrl.data.digits import SFT_OTHER_EVERY, sft_rows
 
-    kinds = ["digit", "parity", "greater"] * 5 + ["parity"] * 5
+    assert SFT_OTHER_EVERY == 25
+    kinds = ["digit", "parity"] * 50 + ["greater"] * 25
     lines = [json.dumps({"id": i, "meta": {"category": k}}) + "\n" for i, k in enumerate(kinds)]
     got = [json.loads(x)["id"] for x in sft_rows(lines)]
-    # digit rows 0,3,...,12; parity rows in order: 1,4,7,10,13,15,16,17,18,19 -> 5th and 10th = 13, 19;
-    # greater rows 2,5,8,11,14 -> the 5th = 14
-    assert got == [0, 3, 6, 9, 12, 13, 14, 19]
+    # digit rows 0,2,...,98; parity rows 1,3,...,99 -> the 25th and 50th = 49, 99; greater rows 100-124 -> 124
+    assert got == [*range(0, 50, 2), 49, *range(50, 100, 2), 99, 124]
     source = tmp_path / "digits.csv.gz"
-    source.write_bytes(_csv(40))
-    info = make_digits_dataset(tmp_path / "d", n=30, n_test=4, source=source)
+    source.write_bytes(_csv(80))
+    info = make_digits_dataset(tmp_path / "d", n=60, n_test=4, source=source)
     train = (tmp_path / "d" / "train.jsonl").read_text().splitlines(keepends=True)
     sft = (tmp_path / "d" / "sft.jsonl").read_text().splitlines(keepends=True)
     assert sft == sft_rows(train) and set(sft) <= set(train)
-    assert info["counts"]["sft"] == {"digit": 10, "parity": 2, "greater": 2}
+    assert info["kinds"] == ["digit", "parity"] and info["counts"]["sft"] == {"digit": 30, "parity": 1}

@@ -68,7 +68,7 @@ def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("pdigits")
     src = root / "digits.csv.gz"
     src.write_bytes(gzip.compress("".join(",".join(map(str, BAR)) + f",{i % 10}\n" for i in range(12)).encode()))
-    make_digits_dataset(root / "d", n=3, n_test=6, source=src, image_size=56)
+    make_digits_dataset(root / "d", n=3, n_test=6, source=src, image_size=56, kinds=("digit", "parity", "greater"))
     return root / "d"
 
 

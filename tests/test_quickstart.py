@@ -266,8 +266,8 @@ def test_quickstart_end_to_end_smoke(tmp_path, monkeypatch, capsys):
         ["RL (GRPO) raises held-out accuracy on real digits by >= 5 points"]
     assert "| PAPO-G |" in md and "perception KL" in md
     # accuracy per question kind, from results.json's by.category (each kind has 2 of the 6 held-out rows)
-    assert all(0 <= r[k] <= 1 for r in summary["digits"]["rows"] for k in ("digit", "even/odd", "greater than K"))
-    assert "| policy | accuracy | digit | even/odd | greater than K | perception KL |" in md
+    assert all(0 <= r[k] <= 1 for r in summary["digits"]["rows"] for k in ("digit", "even/odd"))
+    assert "| policy | accuracy | digit | even/odd | perception KL |" in md  # the default kinds
     for f in ("rl/metrics.jsonl", "eval/rl/traces.html", "eval/warm_start/results.json", "direct/papo_g/metrics.jsonl",
               "digits/data/info.json", "digits/papo_g/metrics.jsonl", "digits/eval/grpo/results.json"):
         assert (out / f).is_file(), f
