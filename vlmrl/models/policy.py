@@ -13,6 +13,7 @@ T - len(b) + i is token i of sequence b.
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -333,4 +334,6 @@ def apply_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0,
     # only language-model projections: the vision tower keeps its weights frozen
     pattern = r".*language_model.*\.(" + "|".join(target_modules) + r")$"
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, cfg)
