@@ -158,8 +158,7 @@ def test_accuracy_per_category_by_hand(digits):
     """results.json's by.category holds the task's metrics per question kind (meta.category), with or without
     --perception: here 6 digits rows (2 per kind), right answers given for the first row of each kind and for
     the second "digit" row, so digit 1.0, parity 0.5, greater 0.5."""
-    from vlmrl.evaluation.harness import category_metrics
-    from vlmrl.evaluation.perception import doc_category
+    from vlmrl.evaluation.harness import category_metrics, doc_category
     from vlmrl.evaluation.tasks import load_task
 
     task = load_task("digits")

@@ -29,7 +29,7 @@ from vlmrl.quickstart import ROOT, _cli, pct
 
 DIGITS_RECIPE = ROOT / "recipes" / "digits.yaml"
 DIGITS_DATA = {"n": 1500, "n_test": 200}  # every scan not in the held-out 200 is a training image (1597 in all)
-KINDS = (("digit", "digit"), ("parity", "even/odd"), ("greater", "greater than K"))  # meta.category, column
+KIND_COLUMNS = (("digit", "digit"), ("parity", "even/odd"), ("greater", "greater than K"))  # meta.category, column
 RL_RUNS = (("GRPO", "grpo", False), ("PAPO-G", "papo_g", True))
 
 
@@ -48,7 +48,7 @@ def digits_row(name: str, res: dict) -> dict:
     m = res["metrics"]
     r = {"policy": name, "accuracy": m["accuracy"], "n": res["n"]}
     cats = res.get("by", {}).get("category", {})  # accuracy per question kind (results.json by.category)
-    r.update({label: cats[kind]["accuracy"] for kind, label in KINDS if kind in cats})
+    r.update({label: cats[kind]["accuracy"] for kind, label in KIND_COLUMNS if kind in cats})
     r["perception_kl"] = m.get("perception/kl_mean")
     r["answer_changed"] = m.get("perception/answer_changed")
     return r
@@ -56,7 +56,7 @@ def digits_row(name: str, res: dict) -> dict:
 
 def digits_table(rows: list[dict]) -> str:
     kl = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    kinds = [label for _, label in KINDS if any(label in r for r in rows)]  # the kinds the data asks
+    kinds = [label for _, label in KIND_COLUMNS if any(label in r for r in rows)]  # the kinds the data asks
     lines = ["| policy | accuracy | " + "".join(f"{k} | " for k in kinds) + "perception KL | answers changed by masking |",
              "|---|---:|" + "---:|" * len(kinds) + "---:|---:|"]
     for r in rows:

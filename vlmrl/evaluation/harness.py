@@ -249,12 +249,12 @@ def summarize(task, docs: list[dict], records: list[dict], settings: EvalSetting
     k_total = min(len(r["filtered_resps"]) for r in records)
     metrics, _ = score_k(task, done_docs, {r["doc_id"]: r["filtered_resps"] for r in records}, k_total)
     by = breakdown(task, done_docs, records)
-    from .perception import doc_category, perception_by, perception_metrics
-
     groups = [doc_category(task, d) for d in done_docs]
     if cats := category_metrics(task, done_docs, records, groups, k_total):
         by["category"] = cats
     if any(r.get("perception") for r in records):  # `vlmrl eval --perception` (vlmrl/evaluation/perception.py)
+        from .perception import perception_by, perception_metrics
+
         metrics.update(perception_metrics(records))
         for value, extra in perception_by(records, groups).items():
             by.setdefault("category", {}).setdefault(value, {}).update(extra)
@@ -278,6 +278,15 @@ def usage(records: list[dict]) -> dict:
     return {"score": sum(r["score"] for r in records) / len(records) if records else 0.0,
             "visual_tokens_per_sample": sum(vt) / len(vt) if vt else 0.0,
             "tool_call_rate": sum(1 for c in calls if c) / len(calls) if calls else 0.0}
+
+
+def doc_category(task, doc: dict):
+    """A doc's group for the per-category breakdown: the task's ``category`` field when it declares one, else the
+    row's ``meta.category`` (vlmrl native rows, e.g. digits); None without."""
+    if "category" in task.fields:
+        return task.field_value(doc, "category", None)
+    meta = (doc.get("row") or {}).get("meta")
+    return meta.get("category") if isinstance(meta, dict) else None
 
 
 def category_metrics(task, docs: list[dict], records: list[dict], groups: list, k_total: int) -> dict:

@@ -105,15 +105,6 @@ def perception_by(records: list[dict], groups: list) -> dict:
     return out
 
 
-def doc_category(task, doc: dict):
-    """A doc's group for the per-category breakdown: the task's ``category`` field when it declares one, else the
-    row's ``meta.category`` (vlmrl native rows, e.g. digits); None without."""
-    if "category" in task.fields:
-        return task.field_value(doc, "category", None)
-    meta = (doc.get("row") or {}).get("meta")
-    return meta.get("category") if isinstance(meta, dict) else None
-
-
 # ------------------------------------------------------------------------------------ model passes
 
 

@@ -31,7 +31,7 @@ health/start_collapse      the same at the eval before the first step (``train.e
 
 The checks are pure functions of the metric history (:func:`reward_up_eval_down`,
 :func:`zero_std_streak`, :func:`entropy_collapsed`) and of the eval's answers (:func:`answer_rows`,
-:func:`collapsed_answers`); :class:`HealthMonitor` keeps that history across steps. A checkpoint keeps that history (a resumed run goes on with it).
+:func:`collapsed_answers`); :class:`HealthMonitor` keeps that history across steps, and in checkpoints (a resumed run goes on with it).
 """
 
 from __future__ import annotations
@@ -175,11 +175,16 @@ class HealthMonitor:
             "health/answer_collapse": bool(self.collapsed),
         }
         for name, on in flags.items():
-            if on and name not in self.warned:
-                self.warned.add(name)
-                if self.warn:
-                    print(f"warning: step {step}: {self._message(name)}", file=sys.stderr, flush=True)
+            if on:
+                self._warn_once(name, step, self._message)
         return {k: int(v) for k, v in flags.items()}
+
+    def _warn_once(self, name: str, step: int, message) -> None:
+        """Print check ``name``'s warning (``message(name)``) the first time it holds, never again."""
+        if name not in self.warned:
+            self.warned.add(name)
+            if self.warn:
+                print(f"warning: step {step}: {message(name)}", file=sys.stderr, flush=True)
 
     def check_start(self, answers: list) -> dict:
         """The eval before the first step (train.eval_at_start): a question kind the starting model already
@@ -191,14 +196,12 @@ class HealthMonitor:
         if not c.enabled:
             return {}
         start = collapsed_answers(answers, c.answer_collapse_share, c.answer_collapse_min_n)
-        if start and "health/start_collapse" not in self.warned:
-            self.warned.add("health/start_collapse")
-            if self.warn:
-                print(f"warning: step 0: the starting model gives one answer whatever the image: {_collapse_parts(start)}."
-                      " GRPO learns such a kind slowly if at all (almost every group of it is all right or all wrong:"
-                      " zero advantages; only a rare sampled other answer teaches): train the warm start on more rows"
-                      " of that kind, or plan for many more steps "
-                      "[train.health.answer_collapse_share, answer_collapse_min_n]", file=sys.stderr, flush=True)
+        if start:
+            self._warn_once("health/start_collapse", 0, lambda _: (
+                f"the starting model gives one answer whatever the image: {_collapse_parts(start)}. GRPO learns such a"
+                " kind slowly if at all (almost every group of it is all right or all wrong: zero advantages; only a "
+                "rare sampled other answer teaches): train the warm start on more rows of that kind, or plan for many "
+                "more steps [train.health.answer_collapse_share, answer_collapse_min_n]"))
         return {"health/start_collapse": int(bool(start))}
 
     def state_dict(self) -> dict:
