@@ -183,22 +183,22 @@ def test_digits_recipe_loads_with_a_periodic_eval_and_enough_pixels():
     assert cfg.rollout.image_max_pixels >= 112 * 112  # the default 112-px images keep their 16 visual tokens
 
 
-def test_sft_rows_every_digit_row_and_one_in_25_of_the_others(tmp_path):
-    """sft.jsonl (the warm start's rows): all "which digit" rows, the 25th, 50th, ... row of each other kind, in
+def test_sft_rows_every_digit_row_and_one_in_50_of_the_others(tmp_path):
+    """sft.jsonl (the warm start's rows): all "which digit" rows, the 50th, 100th, ... row of each other kind, in
     the train split's order; written beside train.jsonl and counted in info.json. The default kinds are which
     digit and even/odd (greater-than-K only when named)."""
     from vlmrl.data.digits import SFT_OTHER_EVERY, sft_rows
 
-    assert SFT_OTHER_EVERY == 25
-    kinds = ["digit", "parity"] * 50 + ["greater"] * 25
+    assert SFT_OTHER_EVERY == 50
+    kinds = ["digit", "parity"] * 100 + ["greater"] * 50
     lines = [json.dumps({"id": i, "meta": {"category": k}}) + "\n" for i, k in enumerate(kinds)]
     got = [json.loads(x)["id"] for x in sft_rows(lines)]
-    # digit rows 0,2,...,98; parity rows 1,3,...,99 -> the 25th and 50th = 49, 99; greater rows 100-124 -> 124
-    assert got == [*range(0, 50, 2), 49, *range(50, 100, 2), 99, 124]
+    # digit rows 0,2,...,198; parity rows 1,3,...,199 -> the 50th and 100th = 99, 199; greater rows 200-249 -> 249
+    assert got == [*range(0, 100, 2), 99, *range(100, 200, 2), 199, 249]
     source = tmp_path / "digits.csv.gz"
-    source.write_bytes(_csv(80))
-    info = make_digits_dataset(tmp_path / "d", n=60, n_test=4, source=source)
+    source.write_bytes(_csv(110))
+    info = make_digits_dataset(tmp_path / "d", n=100, n_test=4, source=source)
     train = (tmp_path / "d" / "train.jsonl").read_text().splitlines(keepends=True)
     sft = (tmp_path / "d" / "sft.jsonl").read_text().splitlines(keepends=True)
     assert sft == sft_rows(train) and set(sft) <= set(train)
-    assert info["kinds"] == ["digit", "parity"] and info["counts"]["sft"] == {"digit": 30, "parity": 1}
+    assert info["kinds"] == ["digit", "parity"] and info["counts"]["sft"] == {"digit": 50, "parity": 1}

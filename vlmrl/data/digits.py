@@ -198,7 +198,7 @@ def plan_split(items: list[tuple[int, int]], kinds: tuple[str, ...], rng: random
     return [(idx, lab, kind, next(ks) if kind == "greater" else None) for (idx, lab), kind in zip(items, slots)]
 
 
-SFT_OTHER_EVERY = 25  # sft.jsonl: every "digit" row, and one in this many rows of each other kind
+SFT_OTHER_EVERY = 50  # sft.jsonl: every "digit" row, and one in this many rows of each other kind
 
 
 def sft_rows(lines: list[str]) -> list[str]:
@@ -206,7 +206,7 @@ def sft_rows(lines: list[str]) -> list[str]:
     (reading the digit is the skill a short warm start can teach) and every SFT_OTHER_EVERY-th row of each other
     kind (enough to learn how their answers look, not enough to answer them well). RL then trains on the whole
     split, where the even/odd questions ask the model to reason about the digit it reads. (One in five gave warm
-    starts already at 84-94% even/odd, leaving RL little to raise.)"""
+    starts already at 84-94% even/odd, leaving RL little to raise; one in 25, 79% on seed 0: +3.0 after RL.)"""
     seen: dict[str, int] = {}
     out = []
     for line in lines:
