@@ -48,7 +48,7 @@ DATA = {"n": 1024, "n_test": 128, "image_size": "224", "categories": "big_color,
 # its parts' timings, not yet measured end to end on a quiet machine). Each stage header estimates the
 # time left from these, rescaled by how fast the stages that ran so far went against them (a busy machine is
 # 2-3x slower: torch uses both cores).
-STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16, "digits": 570}
+STAGE_SECONDS = {"model": 2, "data": 1, "sft": 167, "rl": 81, "eval": 16, "summary": 0, "direct": 16, "digits": 500}
 
 
 def _clock(seconds: float) -> str:

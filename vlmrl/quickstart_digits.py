@@ -6,7 +6,7 @@ What it does, all from ``recipes/digits.yaml`` with the quickstart's seed and pa
 
 1. ``vlmrl make-data digits`` -> OUT/digits/data (real 8x8 scans upscaled to 112 px; two question kinds: which
    digit, even or odd; answers balanced per split; train and held-out images disjoint)
-2. ``vlmrl sft`` from the quickstart's random model on sft.jsonl (every "which digit" row, one in 25 of the
+2. ``vlmrl sft`` from the quickstart's random model on sft.jsonl (every "which digit" row, one in 50 of the
    even/odd ones) -> OUT/digits/sft_model (a short warm start: it learns to read the digit)
 3. ``vlmrl train`` GRPO and PAPO-G from that warm start, same budget -> OUT/digits/{grpo,papo_g} (periodic
    held-out accuracy beside the training reward in plots/reward.png; train.health warns when they part)
